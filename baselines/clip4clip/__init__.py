@@ -1,0 +1,5 @@
+"""CLIP4Clip heads (Luo et al., Neurocomputing 2022; official code ArrowLuo/CLIP4Clip)."""
+
+from baselines.clip4clip.meanp import MeanP
+
+__all__ = ["MeanP"]

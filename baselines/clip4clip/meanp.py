@@ -1,0 +1,41 @@
+"""CLIP4Clip meanP: v = normalise(masked mean of normalised frame features); score = s <t^, v>."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.method import Features, Method, masked_mean, symmetric_cross_entropy
+
+
+def mean_pooled_video(frames: Tensor, frame_mask: Tensor) -> Tensor:
+    """(B, T, D) frame features -> (B, D) unit vectors, padded frames excluded."""
+    return F.normalize(masked_mean(F.normalize(frames, dim=-1), frame_mask), dim=-1)
+
+
+@dataclass
+class MeanPParams:
+    """meanP has no hyper-parameters of its own: it is trained under the suite's shared protocol."""
+
+
+class MeanP(Method):
+    """CLIP4Clip meanP: mean-pooled frame features, cosine similarity scaled by the logit scale."""
+
+    name = "clip4clip-meanp"
+    Params = MeanPParams
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
+        return {"video": mean_pooled_video(self.backbone.encode_frames(frames), frame_mask)}
+
+    def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
+        sentence, _ = self.backbone.encode_text(tokens)
+        return {"text": F.normalize(sentence, dim=-1)}
+
+    def score(self, text: Features, video: Features) -> Tensor:
+        return self.backbone.logit_scale.exp() * text["text"] @ video["video"].t()
+
+    def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
+        main = symmetric_cross_entropy(self.score(text, video))
+        return {"total": main, "contrastive": main}

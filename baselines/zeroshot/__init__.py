@@ -1,0 +1,26 @@
+"""Zero-shot CLIP: the frozen backbone, mean of frame features, no training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from baselines.clip4clip.meanp import MeanP
+from harness.method import Features
+
+
+@dataclass
+class ZeroShotParams:
+    """Zero-shot CLIP has no hyper-parameters."""
+
+
+class ZeroShot(MeanP):
+    """Zero-shot CLIP: cos(t, mean of masked normalised frame features), frozen backbone, no training."""
+
+    name = "zeroshot"
+    Params = ZeroShotParams
+    trainable = False
+
+    def score(self, text: Features, video: Features) -> Tensor:
+        return text["text"] @ video["video"].t()

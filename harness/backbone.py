@@ -1,0 +1,193 @@
+"""The shared CLIP backbone (open_clip): load a local checkpoint, encode frames and tokens.
+
+Outputs every head may use (METHODS.md): t (B, D) the text EOT feature, W (B, L, D) every token
+through ln_final and text_projection, F (B, T, D) the per-frame CLS feature after ln_post and proj.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from torch import Tensor, nn
+
+from harness.errors import CheckpointError
+
+PIXEL_MEAN = OPENAI_DATASET_MEAN
+PIXEL_STD = OPENAI_DATASET_STD
+# Keys OpenAI's archive carries that are not weights.
+_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ClipShape:
+    """The sizes of an OpenAI-layout ViT CLIP (heads follow OpenAI's width // 64 rule)."""
+
+    embed_dim: int
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    context_length: int
+    vocab_size: int
+    text_width: int
+    text_layers: int
+
+
+def shape_from_state_dict(state: dict[str, Tensor]) -> ClipShape:
+    """Infer the architecture of an OpenAI-layout ViT CLIP state dict (as open_clip does)."""
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    patch = state["visual.conv1.weight"].shape[-1]
+    return ClipShape(
+        embed_dim=state["text_projection"].shape[1],
+        image_size=patch * grid,
+        patch_size=patch,
+        vision_width=state["visual.conv1.weight"].shape[0],
+        vision_layers=len({k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}),
+        context_length=state["positional_embedding"].shape[0],
+        vocab_size=state["token_embedding.weight"].shape[0],
+        text_width=state["ln_final.weight"].shape[0],
+        text_layers=len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
+    )
+
+
+def build_clip(shape: ClipShape, context_length: int, quick_gelu: bool = True) -> CLIP:
+    """A float32 open_clip CLIP of the given shape with text length `context_length`."""
+    vision = CLIPVisionCfg(
+        layers=shape.vision_layers,
+        width=shape.vision_width,
+        head_width=64,
+        patch_size=shape.patch_size,
+        image_size=shape.image_size,
+    )
+    text = CLIPTextCfg(
+        context_length=context_length,
+        vocab_size=shape.vocab_size,
+        width=shape.text_width,
+        heads=max(1, shape.text_width // 64),
+        layers=shape.text_layers,
+    )
+    return CLIP(shape.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Weights from OpenAI's TorchScript archive, a plain or wrapped state dict, or safetensors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"CLIP checkpoint not found: {path}. Give a local file (OpenAI's ViT-B-32.pt, an OpenAI-layout "
+            "state dict, or an open_clip checkpoint) in the suite's backbone.checkpoint."
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        elif zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI's archive
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read CLIP checkpoint {path}: {error}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors.")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
+
+
+def load_weights_strictly(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """load_state_dict, but every mismatch is listed in one clear error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or misshapen:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if keys:
+                more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+                parts.append(f"{label}: {', '.join(keys[:8])}{more}")
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts) + ".")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu: bool = True) -> CLIP:
+    """Build the backbone from a local checkpoint with text length `context_length`.
+
+    arch "auto" infers the sizes from OpenAI-layout weights (any size); an open_clip architecture
+    name builds that configuration and requires the weights to fit it exactly.
+    """
+    state = read_state_dict(checkpoint)
+    source = f"CLIP checkpoint {checkpoint}"
+    if "positional_embedding" not in state:
+        raise CheckpointError(f"{source}: no text positional_embedding; is this a CLIP checkpoint?")
+    available = state["positional_embedding"].shape[0]
+    if context_length > available:
+        raise CheckpointError(f"{source}: {context_length} words requested, the checkpoint has {available} positions.")
+    state["positional_embedding"] = state["positional_embedding"][:context_length]
+    if arch == "auto":
+        if "visual.proj" not in state:
+            raise CheckpointError(f"{source}: arch 'auto' needs OpenAI-layout ViT weights (no visual.proj found).")
+        model = build_clip(shape_from_state_dict(state), context_length, quick_gelu)
+    else:
+        if arch not in open_clip.list_models():
+            raise CheckpointError(f"unknown open_clip architecture {arch!r}; use 'auto' or one of open_clip.list_models().")
+        model = open_clip.create_model(
+            arch, force_context_length=context_length, force_quick_gelu=quick_gelu, precision="fp32"
+        )
+    load_weights_strictly(model, state, source)
+    return model.float()
+
+
+class Backbone(nn.Module):
+    """open_clip CLIP -> t, W (text) and F (frames)."""
+
+    def __init__(self, clip: CLIP, provenance: dict | None = None):
+        super().__init__()
+        self.clip = clip
+        self.provenance = provenance or {}
+        size = clip.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple) else size)
+        self.context_length = int(clip.context_length)
+        self.embed_dim = int(clip.text_projection.shape[1])
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """frames (B, T, 3, H, W) -> F (B, T, D): CLS after ln_post and proj, not normalised."""
+        batch, length = frames.shape[:2]
+        pooled = self.clip.visual(frames.flatten(0, 1))
+        return pooled.view(batch, length, -1)
+
+    def encode_text(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, L) -> t (B, D) at the EOT (largest id) and W (B, L, D) at every position."""
+        clip = self.clip
+        x = clip.token_embedding(tokens) + clip.positional_embedding[: tokens.shape[1]]
+        mask = clip.attn_mask[: tokens.shape[1], : tokens.shape[1]]
+        x = clip.transformer(x, attn_mask=mask)
+        words = clip.ln_final(x) @ clip.text_projection
+        sentence = words[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
+        return sentence, words
+
+    def describe(self) -> dict:
+        return {"image_size": self.image_size, "context_length": self.context_length,
+                "embed_dim": self.embed_dim, **self.provenance}
+
+
+def shape_dict(shape: ClipShape) -> dict:
+    return asdict(shape)

@@ -1,0 +1,82 @@
+"""MSR-VTT in the files' real formats: 9k and 7k training, the 1k-A (JSFusion) test, square.
+
+test-1kA-multi evaluates the same 1,000 videos with all their captions from MSRVTT_data.json
+(multi-caption shape).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from harness.data.benchmark import Benchmark, Split, Video
+from harness.errors import DataError
+
+DATA_JSON = "MSRVTT_data.json"
+TRAIN_CSV = {"train-9k": "MSRVTT_train.9k.csv", "train-7k": "MSRVTT_train.7k.csv"}
+TEST_CSV = "MSRVTT_JSFUSION_test.csv"
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        absent = [c for c in columns if c not in (reader.fieldnames or [])]
+        if absent:
+            raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {reader.fieldnames}.")
+        return list(reader)
+
+
+class MSRVTT(Benchmark):
+    """MSR-VTT: 9k/7k training, 1k-A test (JSFusion split)."""
+
+    name = "msrvtt"
+    splits = ("train-9k", "train-7k", "test-1kA", "test-1kA-multi")
+    layout = (
+        "  MSRVTT_data.json          {\"videos\": [{video_id, split, ...}], \"sentences\": [{video_id, caption, sen_id}]}\n"
+        "  MSRVTT_train.9k.csv       one column video_id (train-9k)\n"
+        "  MSRVTT_train.7k.csv       one column video_id (train-7k)\n"
+        "  MSRVTT_JSFUSION_test.csv  columns key,vid_key,video_id,sentence (test-1kA)\n"
+        "  videos/<video_id>.mp4     (or the folder given as benchmark.videos)"
+    )
+
+    def _video(self, video_id: str) -> Video:
+        return Video(video_id, self.video_dir / f"{video_id}.mp4")
+
+    def _sentences(self) -> dict[str, list[str]]:
+        (path,) = self.require(DATA_JSON)
+        try:
+            data = json.loads(path.read_text())
+            sentences = data["sentences"]
+            by_video: dict[str, list[tuple[int, str]]] = defaultdict(list)
+            for entry in sentences:
+                by_video[entry["video_id"]].append((int(entry.get("sen_id", 0)), entry["caption"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise DataError(f"{path}: not in the MSRVTT_data.json format ({error}).") from None
+        return {vid: [c for _, c in sorted(items)] for vid, items in by_video.items()}
+
+    def load_split(self, split: str) -> Split:
+        if split in TRAIN_CSV:
+            self.require(TRAIN_CSV[split], DATA_JSON)
+            ids = [row["video_id"] for row in read_csv(self.root / TRAIN_CSV[split], ("video_id",))]
+            return self._with_all_captions(split, ids, "multi-caption")
+        (path,) = self.require(TEST_CSV)
+        rows = read_csv(path, ("video_id", "sentence"))
+        if split == "test-1kA":
+            videos = [self._video(row["video_id"]) for row in rows]
+            return Split(split, "square", videos, [row["sentence"] for row in rows], list(range(len(rows))))
+        return self._with_all_captions(split, [row["video_id"] for row in rows], "multi-caption")
+
+    def _with_all_captions(self, split: str, ids: list[str], shape) -> Split:
+        sentences = self._sentences()
+        without = [vid for vid in ids if not sentences.get(vid)]
+        if without:
+            raise DataError(
+                f"{self.root / DATA_JSON}: no captions for {len(without)} video(s) of {split}: {', '.join(without[:10])}."
+            )
+        captions, owners = [], []
+        for index, vid in enumerate(ids):
+            captions += sentences[vid]
+            owners += [index] * len(sentences[vid])
+        return Split(split, shape, [self._video(v) for v in ids], captions, owners)

@@ -1,0 +1,63 @@
+"""The one method interface: a method is a head on the shared backbone.
+
+The split into encode_video / encode_text / score is the cost model: offline per video, online per
+query, online per pair. The engine measures and chunks each stage; no method reports its own cost.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.backbone import Backbone
+
+# A mapping of named tensors whose first dimension indexes items (videos or queries): the engine
+# slices, concatenates, moves and caches it without knowing what is inside.
+Features = dict[str, Tensor]
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Params: ClassVar[type]  # dataclass of the method's own hyper-parameters, official defaults
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, params: object):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
+        """frames (B, T, 3, H, W) normalised pixels, frame_mask (B, T) bool -> per-video features."""
+        raise NotImplementedError
+
+    def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
+        """tokens (B, L) ids, token_mask (B, L) bool -> per-query features."""
+        raise NotImplementedError
+
+    def score(self, text: Features, video: Features) -> Tensor:
+        """(n_text, n_video) similarities, higher is better."""
+        raise NotImplementedError
+
+    def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
+        """Training loss on a batch of aligned pairs (text i with video i): 'total' plus named terms."""
+        raise NotImplementedError
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters that are not the backbone's: trained at the full learning rate."""
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone]
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim 1 of x (B, T, D) counting only positions where mask (B, T) is true."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def symmetric_cross_entropy(logits: Tensor) -> Tensor:
+    """1/2 [CE over rows + CE over columns] with the diagonal as targets."""
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))

@@ -1,0 +1,72 @@
+"""Ranks and retrieval metrics (PROTOCOL section 3).
+
+Rank of a query: r = 1 + #{j : S[q, j] > S[q, gt(q)]} (optimistic, 1-based). Ties are counted and
+reported, never broken by sort order. R@K = 100 * mean(r <= K), MdR = median(r), MnR = mean(r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+RECALL_AT = (1, 5, 10)
+MULTI_CAPTION_V2T = "max-over-captions"
+
+
+@dataclass
+class Ranking:
+    ranks: np.ndarray  # (n_queries,) 1-based optimistic ranks
+    tied: np.ndarray  # (n_queries,) bool: the ground truth ties another item
+
+    @property
+    def ties(self) -> int:
+        return int(self.tied.sum())
+
+
+def rank_of_ground_truth(scores: Tensor, gt: Tensor) -> Ranking:
+    """scores (n_queries, n_items), gt (n_queries,) item index of each query's ground truth."""
+    rows = torch.arange(scores.shape[0])
+    target = scores[rows, gt].unsqueeze(1)
+    above = (scores > target).sum(dim=1)
+    equal = (scores == target).sum(dim=1) - 1  # the ground truth itself is equal
+    return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
+
+
+def summarize(ranking: Ranking, recall_at: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
+    ranks = ranking.ranks
+    summary = {f"R{k}": float(100.0 * np.mean(ranks <= k)) for k in recall_at}
+    summary.update(MdR=float(np.median(ranks)), MnR=float(np.mean(ranks)), ties=ranking.ties)
+    return summary
+
+
+def text_to_video(scores: Tensor, caption_video: Tensor) -> Ranking:
+    """Every caption is a query against every video (square and multi-caption alike)."""
+    return rank_of_ground_truth(scores, caption_video)
+
+
+def video_to_text(scores: Tensor, caption_video: Tensor, n_videos: int, convention: str = MULTI_CAPTION_V2T) -> Ranking:
+    """Every video is a query.
+
+    max-over-captions (the field's convention): H[v, j] = max over captions c of video j of S[c, v];
+    video v is ranked against the caption groups, its own group as ground truth. With one caption per
+    video this is the square case, ranking rows of S^T.
+    all-captions: video v against every caption; the ground truth is its best-scored own caption.
+    """
+    videos = torch.arange(n_videos)
+    if convention == "max-over-captions":
+        index = caption_video.unsqueeze(1).expand_as(scores)
+        grouped = torch.full((n_videos, scores.shape[1]), -torch.inf, dtype=scores.dtype)
+        grouped = grouped.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
+        return rank_of_ground_truth(grouped.t(), videos)
+    if convention == "all-captions":
+        by_video = scores.t()  # (n_videos, n_captions)
+        own = caption_video.unsqueeze(0) == videos.unsqueeze(1)
+        best_own = by_video.masked_fill(~own, -torch.inf).amax(dim=1, keepdim=True)
+        others = by_video.masked_fill(own, -torch.inf)
+        above = (others > best_own).sum(dim=1)
+        tied = (others == best_own).sum(dim=1) > 0
+        return Ranking((above + 1).numpy().astype(np.int64), tied.numpy())
+    raise ValueError(f"unknown v2t convention {convention!r}")

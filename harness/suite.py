@@ -1,0 +1,295 @@
+"""Suite YAML -> a validated, typed Suite.
+
+The shared protocol (frames, words, sampling, training budget, metric convention) is set once per
+suite; a method entry may override only that method's own hyper-parameters. Every error names the file,
+the key path, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.errors import SuiteError
+
+Sampling = Literal["fps1-linspace", "uniform"]
+TrainSampling = Literal["fps1-linspace", "uniform", "rand"]
+Direction = Literal["t2v", "v2t"]
+
+
+@dataclass
+class BackboneSpec:
+    # open_clip architecture name (e.g. ViT-B-32), or "synthetic-small" for the built-in small CLIP.
+    arch: str = "ViT-B-32"
+    # Local checkpoint: OpenAI's ViT-B-32.pt archive, an OpenAI-layout state dict, or an open_clip file.
+    checkpoint: str | None = None
+    quick_gelu: bool = True  # OpenAI CLIP weights were trained with QuickGELU
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    root: str | None = None  # annotation folder; the benchmark says what it expects there
+    videos: str | None = None  # video folder; default <root>/videos
+    train_split: str | None = None
+    test_splits: list[str] = field(default_factory=list)
+    allow_partial_gallery: bool = False
+
+
+@dataclass
+class ProtocolSpec:
+    frames: int = 12
+    words: int = 32
+    sampling: Sampling = "fps1-linspace"
+    train_sampling: TrainSampling | None = None  # default: same as sampling
+    image_size: int | None = None  # default: the backbone's input size
+    # v2t on multi-caption benchmarks: the field's convention ranks each video against caption groups
+    # (max over each video's captions); "all-captions" ranks against every caption.
+    multi_caption_v2t: Literal["max-over-captions", "all-captions"] = "max-over-captions"
+
+
+@dataclass
+class TrainingSpec:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-4  # new modules
+    coef_lr: float = 1e-3  # backbone lr = lr * coef_lr
+    weight_decay: float = 0.2
+    warmup_proportion: float = 0.1
+    grad_clip: float = 1.0
+    max_logit_scale: float = 100.0
+    validation_videos: int = 500  # carved deterministically from the training videos
+    selection: Literal["validation", "last-epoch"] = "validation"
+    mixed_precision: bool = True  # used only on CUDA
+
+
+@dataclass
+class EvaluationSpec:
+    directions: list[Direction] = field(default_factory=lambda: ["t2v", "v2t"])
+    batch_size: int = 64  # videos or queries encoded at once
+    score_chunk: int = 1024  # queries x gallery items scored at once (per side)
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    benchmark: BenchmarkSpec
+    methods: list[MethodSpec]
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    seed: int = 42
+    cache_dir: str = "${HARNESS_CACHE:-~/.cache/tvr-harness}"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    source: str = "<memory>"  # the file it was read from (not a YAML key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, where: str) -> str:
+    """Replace ${VAR} and ${VAR:-default}; an unset variable without default is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+        if default is not None:
+            return default
+        raise SuiteError(
+            f"{where}: environment variable ${{{name}}} is not set and has no default. "
+            f"Set it (export {name}=...) or write ${{{name}:-default}} in the suite."
+        )
+
+    return _VAR.sub(replace, text)
+
+
+def _suggest(given: str, allowed: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(given, list(allowed), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def convert(value: Any, tp: Any, path: str, source: str) -> Any:
+    """Convert YAML data to the annotated type, or raise a SuiteError naming the key path."""
+    where = f"{source}: {path or '<top>'}"
+    origin = typing.get_origin(tp)
+    if isinstance(value, str):
+        value = interpolate(value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return convert(value, arg, path, source)
+            except SuiteError as error:
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        raise SuiteError(f"{where}: got {value!r}; expected {_type_name(tp)}.")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise SuiteError(
+                f"{where}: got {value!r}; allowed: {', '.join(repr(a) for a in allowed)}."
+                + (_suggest(value, allowed) if isinstance(value, str) else "")
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise SuiteError(f"{where}: got {value!r}; expected {_type_name(tp)}.")
+        (item_type,) = typing.get_args(tp)
+        return [convert(item, item_type, f"{path}[{i}]", source) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SuiteError(f"{where}: got {value!r}; expected a mapping.")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, source)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-4 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise SuiteError(f"{where}: got {value!r} ({type(value).__name__}); expected {_type_name(tp)}.")
+    return value
+
+
+def build(cls: type, data: Any, path: str, source: str, skip: tuple[str, ...] = ("source",)) -> Any:
+    """Build dataclass `cls` from a mapping: unknown keys, missing keys and wrong types are errors."""
+    where = f"{source}: {path or '<top>'}"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SuiteError(f"{where}: got {data!r}; expected a mapping with keys {_keys(cls, skip)}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    for key in data:
+        if key not in names:
+            raise SuiteError(
+                f"{source}: {_join(path, str(key))}: unknown key {key!r}. "
+                f"Allowed here: {', '.join(names)}.{_suggest(str(key), names)}"
+            )
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name in data:
+            values[f.name] = convert(data[f.name], hints[f.name], _join(path, f.name), source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SuiteError(f"{source}: {_join(path, f.name)}: required key is missing ({_type_name(hints[f.name])}).")
+        elif isinstance(f.default, str):
+            values[f.name] = interpolate(f.default, f"{source}: {_join(path, f.name)}")
+    return cls(**values)
+
+
+def _keys(cls: type, skip: tuple[str, ...]) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in skip)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def parse_suite(data: Any, source: str) -> Suite:
+    """Validate suite data read from `source`, including method, benchmark and split names."""
+    from harness import registry
+
+    suite = build(Suite, data, "", source)
+    suite.source = source
+    benchmarks = registry.benchmarks()
+    if suite.benchmark.name not in benchmarks:
+        raise SuiteError(
+            f"{source}: benchmark.name: unknown benchmark {suite.benchmark.name!r}. "
+            f"Allowed: {', '.join(sorted(benchmarks))}.{_suggest(suite.benchmark.name, benchmarks)}"
+        )
+    benchmark_cls = benchmarks[suite.benchmark.name]
+    splits = benchmark_cls.splits
+    requested = [("benchmark.train_split", suite.benchmark.train_split)] + [
+        (f"benchmark.test_splits[{i}]", s) for i, s in enumerate(suite.benchmark.test_splits)
+    ]
+    for key, split in requested:
+        if split is not None and split not in splits:
+            raise SuiteError(
+                f"{source}: {key}: unknown split {split!r} of {suite.benchmark.name}. "
+                f"Allowed: {', '.join(splits)}.{_suggest(split, splits)}"
+            )
+    if not suite.benchmark.test_splits:
+        raise SuiteError(f"{source}: benchmark.test_splits: give at least one of {', '.join(splits)}.")
+    if not suite.methods:
+        raise SuiteError(f"{source}: methods: the suite lists no method.")
+    methods = registry.methods()
+    seen = set()
+    for i, spec in enumerate(suite.methods):
+        if spec.name not in methods:
+            raise SuiteError(
+                f"{source}: methods[{i}].name: unknown method {spec.name!r}. "
+                f"Allowed: {', '.join(sorted(methods))}.{_suggest(spec.name, methods)}"
+            )
+        if spec.name in seen:
+            raise SuiteError(f"{source}: methods[{i}].name: method {spec.name!r} is listed twice.")
+        seen.add(spec.name)
+        params_cls = methods[spec.name].Params
+        # Resolve now so that a typo in a hyper-parameter fails before any work starts.
+        spec.params = dataclasses.asdict(build(params_cls, spec.params, f"methods[{i}].params", source))
+    for i, direction in enumerate(suite.evaluation.directions):
+        if suite.evaluation.directions.index(direction) != i:
+            raise SuiteError(f"{source}: evaluation.directions[{i}]: {direction!r} is listed twice.")
+    return suite
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file not found.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{path}: not valid YAML: {error}") from None
+    return parse_suite(data, str(path))
