@@ -1,0 +1,108 @@
+"""Suite validation: every bad input gives one error naming the file, the key path and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import DataError, SuiteError
+from harness.run import run_suite
+from harness.suite import load_suite
+
+REPO = Path(__file__).parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name: t
+benchmark: {name: msrvtt, root: /nowhere, test_splits: [test-1kA]}
+methods: [{name: zeroshot}]
+"""
+
+
+def test_shipped_suites_validate(monkeypatch):
+    monkeypatch.setenv("MSRVTT_ROOT", "/data/msrvtt")
+    monkeypatch.setenv("CLIP_CHECKPOINT", "/weights/ViT-B-32.pt")
+    synthetic = load_suite(REPO / "suites" / "synthetic.yaml")
+    assert [m.name for m in synthetic.methods] == ["zeroshot", "clip4clip-meanp"]
+    msrvtt = load_suite(REPO / "suites" / "msrvtt.yaml")
+    assert msrvtt.benchmark.root == "/data/msrvtt"
+    assert msrvtt.backbone.checkpoint == "/weights/ViT-B-32.pt"
+    assert msrvtt.protocol.frames == 12 and msrvtt.protocol.words == 32
+
+
+def test_typo_in_a_key_names_path_and_suggests(tmp_path):
+    path = write(tmp_path, BASE + "training: {epochz: 3}\n")
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    message = str(error.value)
+    assert str(path) in message and "training.epochz" in message
+    assert "Did you mean 'epochs'" in message and "batch_size" in message  # the allowed keys are listed
+
+
+def test_unknown_method_lists_allowed_and_suggests(tmp_path):
+    path = write(tmp_path, BASE.replace("{name: zeroshot}", "{name: zeroshot}, {name: clip4clip-meanP}"))
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    message = str(error.value)
+    assert "methods[1].name" in message and "'clip4clip-meanP'" in message
+    assert "Did you mean 'clip4clip-meanp'" in message and "zeroshot" in message
+
+
+def test_unknown_benchmark_and_split(tmp_path):
+    with pytest.raises(SuiteError, match=r"benchmark.name: unknown benchmark 'msrvt'.*Did you mean 'msrvtt'"):
+        load_suite(write(tmp_path, BASE.replace("name: msrvtt", "name: msrvt")))
+    with pytest.raises(SuiteError, match=r"benchmark.test_splits\[0\]: unknown split 'test-1k'.*test-1kA"):
+        load_suite(write(tmp_path, BASE.replace("[test-1kA]", "[test-1k]")))
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    with pytest.raises(SuiteError) as error:
+        load_suite(write(tmp_path, BASE + "protocol: {frames: twelve}\n"))
+    assert "protocol.frames" in str(error.value) and "'twelve'" in str(error.value) and "an integer" in str(error.value)
+    with pytest.raises(SuiteError, match=r"protocol.sampling: got 'uniformly'; allowed: 'fps1-linspace', 'uniform'"):
+        load_suite(write(tmp_path, BASE + "protocol: {sampling: uniformly}\n"))
+
+
+def test_method_may_override_only_its_own_hyper_parameters(tmp_path):
+    with pytest.raises(SuiteError, match=r"methods\[0\].params.epochs: unknown key"):
+        load_suite(write(tmp_path, BASE.replace("{name: zeroshot}", "{name: zeroshot, params: {epochs: 3}}")))
+    with pytest.raises(SuiteError, match=r"methods\[0\].frames: unknown key 'frames'"):
+        load_suite(write(tmp_path, BASE.replace("{name: zeroshot}", "{name: zeroshot, frames: 3}")))
+
+
+def test_interpolation(tmp_path, monkeypatch):
+    text = BASE.replace("/nowhere", '"${DATA_HOME:-/default}/msrvtt"')
+    monkeypatch.delenv("DATA_HOME", raising=False)
+    assert load_suite(write(tmp_path, text)).benchmark.root == "/default/msrvtt"
+    monkeypatch.setenv("DATA_HOME", "/mnt/data")
+    assert load_suite(write(tmp_path, text)).benchmark.root == "/mnt/data/msrvtt"
+    monkeypatch.delenv("NO_SUCH_VARIABLE", raising=False)
+    with pytest.raises(SuiteError, match=r"benchmark.root: environment variable \$\{NO_SUCH_VARIABLE\} is not set"):
+        load_suite(write(tmp_path, BASE.replace("/nowhere", '"${NO_SUCH_VARIABLE}"')))
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(SuiteError, match="suite file not found"):
+        load_suite(tmp_path / "absent.yaml")
+
+
+def test_missing_data_path_stops_at_once_naming_files_and_layout(tmp_path):
+    suite = load_suite(write(tmp_path, BASE.replace("/nowhere", str(tmp_path / "absent"))))
+    suite.cache_dir = str(tmp_path / "cache")
+    with pytest.raises(DataError) as error:
+        run_suite(suite, tmp_path / "run", quiet=True)
+    message = str(error.value)
+    assert str(tmp_path / "suite.yaml") in message
+    assert str(tmp_path / "absent" / "MSRVTT_JSFUSION_test.csv") in message
+    assert "Expected layout" in message and "videos/<video_id>.mp4" in message
+    assert not (tmp_path / "run").exists()  # nothing was started
