@@ -1,0 +1,81 @@
+"""The backbone reproduces the official CLIP4Clip text and frame features, and meanP its scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.clip4clip import MeanP
+from conftest import DATA, load_golden
+from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.errors import CheckpointError
+
+TOLERANCE = 1e-5  # fp32; measured max abs differences are below 1e-6
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    """The official CLIP4Clip state dict's clip.* weights: an OpenAI-layout CLIP."""
+    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
+    path = tmp_path_factory.mktemp("clip") / "clip_openai_layout.pt"
+    torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
+    return path
+
+
+def test_text_and_frame_features_match_official(clip_file):
+    golden = load_golden("clip4clip_golden.pt")
+    backbone = Backbone(load_clip("auto", clip_file, golden["text_ids"].shape[1]))
+    with torch.no_grad():
+        sentence, words = backbone.encode_text(golden["text_ids"])
+        frames = backbone.encode_frames(golden["video"])
+    assert words.shape == (*golden["text_ids"].shape, 64)
+    assert (sentence - golden["meanP"]["sequence_output"].squeeze(1)).abs().max() <= TOLERANCE
+    assert (frames - golden["meanP"]["visual_output"]).abs().max() <= TOLERANCE
+
+
+def test_meanp_scores_match_official(clip_file):
+    golden = load_golden("clip4clip_golden.pt")
+    backbone = Backbone(load_clip("auto", clip_file, golden["text_ids"].shape[1]))
+    method = MeanP(backbone, MeanP.Params()).eval()
+    with torch.no_grad():
+        text = method.encode_text(golden["text_ids"], golden["text_mask"].bool())
+        video = method.encode_video(golden["video"], golden["video_mask"].bool())
+        scores = method.score(text, video)
+    assert (scores - golden["meanP"]["score"]).abs().max() <= TOLERANCE * 100  # scores carry the logit scale 100
+
+
+def test_meanp_ignores_padding_frames_and_frame_order(clip_file):
+    golden = load_golden("clip4clip_golden.pt")
+    method = MeanP(Backbone(load_clip("auto", clip_file, 12)), MeanP.Params()).eval()
+    video, mask = golden["video"], golden["video_mask"].bool()
+    with torch.no_grad():
+        base = method.encode_video(video, mask)["video"]
+        noisy = video.clone()
+        noisy[~mask] = torch.randn_like(noisy[~mask])
+        assert (method.encode_video(noisy, mask)["video"] - base).abs().max() <= 1e-6
+        order = torch.tensor([2, 0, 1, 3, 4, 5])
+        full = torch.ones_like(mask)
+        assert (method.encode_video(video[:, order], full)["video"] - method.encode_video(video, full)["video"]).abs().max() <= 1e-6
+
+
+def test_checkpoint_errors_are_clear(clip_file, tmp_path):
+    with pytest.raises(CheckpointError, match="CLIP checkpoint not found"):
+        load_clip("auto", tmp_path / "absent.pt", 12)
+    state = torch.load(clip_file, weights_only=True)
+    state["visual.proj"] = state["visual.proj"][:, :32]
+    del state["ln_final.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError) as error:
+        load_clip("auto", broken, 12)
+    message = str(error.value)
+    assert "missing: ln_final.bias" in message and "unexpected: extra.weight" in message
+    assert "wrong shape: visual.proj (128, 32) != (128, 64)" in message
+    with pytest.raises(CheckpointError, match="64 words requested, the checkpoint has 20 positions"):
+        load_clip("auto", clip_file, 64)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_clip("ViT-B-32", clip_file, 12)  # a small checkpoint is not a ViT-B/32
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read CLIP checkpoint"):
+        load_clip("auto", tmp_path / "junk.pt", 12)

@@ -1,0 +1,68 @@
+"""`harness run suites/synthetic.yaml` as a user runs it: trains, evaluates, saves, and repeats exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    outputs = []
+    for name in ("first", "second"):
+        output = tmp_path_factory.mktemp(name)
+        subprocess.run([sys.executable, "-m", "harness.cli", "run", str(REPO / "suites" / "synthetic.yaml"),
+                        "--output", str(output), "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO)
+        outputs.append(output)
+    return outputs
+
+
+def rows(output: Path) -> pd.DataFrame:
+    return pd.DataFrame(json.loads((output / "results.json").read_text())["rows"])
+
+
+def test_results_schema_and_files(two_runs):
+    output = two_runs[0]
+    results = json.loads((output / "results.json").read_text())
+    for key in ("schema_version", "code_version", "environment", "seed", "suite", "protocol", "rows", "methods"):
+        assert key in results
+    assert results["environment"]["packages"]["torch"]
+    table = rows(output)
+    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp"}
+    assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
+    assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
+    multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]
+    assert (multi["queries"] == 1250).all()
+    for _, row in table.iterrows():
+        ranks = pd.read_csv(output / row["ranks_file"])
+        assert len(ranks) == row["queries"]
+        assert (ranks["rank"] <= 1).mean() * 100 == pytest.approx(row["R1"])
+    training = results["methods"]["clip4clip-meanp"]["training"]
+    assert training["selection"] == "validation" and len(training["history"]) == 5
+    assert (output / "checkpoints" / "clip4clip-meanp.pt").is_file()
+
+
+def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
+    table = rows(two_runs[0]).set_index(["method", "split", "direction"])
+    chance = 100 / 250
+    for split in ("test-1kA", "test-1kA-multi"):
+        for direction in ("t2v", "v2t"):
+            zero = table.loc[("zeroshot", split, direction), "R1"]
+            meanp = table.loc[("clip4clip-meanp", split, direction), "R1"]
+            assert zero > 5 * chance
+            assert meanp > zero + 5
+            assert meanp < 90  # far from saturated: methods have room to differ
+
+
+def test_second_run_gives_the_same_numbers(two_runs):
+    first, second = (rows(o).drop(columns=["ranks_file"]) for o in two_runs)
+    pd.testing.assert_frame_equal(first, second)
