@@ -7,7 +7,7 @@ through ln_final and text_projection, F (B, T, D) the per-frame CLS feature afte
 from __future__ import annotations
 
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -188,6 +188,3 @@ class Backbone(nn.Module):
         return {"image_size": self.image_size, "context_length": self.context_length,
                 "embed_dim": self.embed_dim, **self.provenance}
 
-
-def shape_dict(shape: ClipShape) -> dict:
-    return asdict(shape)
