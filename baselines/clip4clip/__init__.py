@@ -1,5 +1,6 @@
 """CLIP4Clip heads (Luo et al., Neurocomputing 2022; official code ArrowLuo/CLIP4Clip)."""
 
 from baselines.clip4clip.meanp import MeanP
+from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
 
-__all__ = ["MeanP"]
+__all__ = ["MeanP", "SeqLSTM", "SeqTransf"]

@@ -1,0 +1,111 @@
+"""CLIP4Clip heads: official golden scores through the checkpoint import, invariances, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.clip4clip import MeanP, SeqLSTM, SeqTransf
+from baselines.clip4clip.official import load_official_clip4clip
+from conftest import DATA, load_golden
+from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.errors import CheckpointError
+
+GOLDEN = load_golden("clip4clip_golden.pt")
+TOLERANCE = 1e-5  # on cosines (the official scores carry the logit scale 100); measured <= 1.2e-6
+HEADS = {"meanP": (MeanP, {}), "seqLSTM": (SeqLSTM, {}), "seqTransf": (SeqTransf, {"frame_positions": 20})}
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    """Any OpenAI-layout CLIP of the golden shape to build the backbone; the import overwrites it."""
+    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
+    path = tmp_path_factory.mktemp("clip") / "clip.pt"
+    torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
+    return path
+
+
+def build(clip_file, head: str):
+    cls, params = HEADS[head]
+    return cls(Backbone(load_clip("auto", clip_file, GOLDEN["text_ids"].shape[1])), cls.Params(**params))
+
+
+def official_state(head: str) -> dict:
+    return read_state_dict(DATA / "golden" / f"clip4clip_{head}_official_state_dict.pt")
+
+
+def scores(method, video=None, mask=None):
+    video = GOLDEN["video"] if video is None else video
+    mask = GOLDEN["video_mask"].bool() if mask is None else mask
+    text = method.encode_text(GOLDEN["text_ids"], GOLDEN["text_mask"].bool())
+    return method.score(text, method.encode_video(video, mask))
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_imported_official_checkpoint_reproduces_golden_scores(clip_file, head):
+    method = build(clip_file, head).eval()
+    load_official_clip4clip(method, official_state(head), f"{head}.bin")
+    with torch.no_grad():
+        ours = scores(method)
+    assert ours.shape == (5, 4)
+    assert ((ours - GOLDEN[head]["score"]) / 100).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("head", ["seqLSTM", "seqTransf"])
+def test_padding_frames_do_not_change_scores(clip_file, head):
+    method = build(clip_file, head).eval()
+    load_official_clip4clip(method, official_state(head))
+    mask = GOLDEN["video_mask"].bool()
+    assert (~mask).any()
+    noisy = GOLDEN["video"].clone()
+    noisy[~mask] = torch.randn_like(noisy[~mask])
+    with torch.no_grad():
+        assert (scores(method, noisy, mask) - scores(method)).abs().max() <= 1e-4  # x100 scale
+
+
+def test_seqtransf_depends_on_frame_order_and_meanp_does_not(clip_file):
+    full = torch.ones(4, 6, dtype=torch.bool)
+    shuffled = GOLDEN["video"][:, torch.tensor([5, 3, 1, 0, 2, 4])]
+    with torch.no_grad():
+        seq = build(clip_file, "seqTransf").eval()
+        load_official_clip4clip(seq, official_state("seqTransf"))
+        assert (scores(seq, shuffled, full) - scores(seq, GOLDEN["video"], full)).abs().max() > 1e-2
+        mean = build(clip_file, "meanP").eval()
+        assert (scores(mean, shuffled, full) - scores(mean, GOLDEN["video"], full)).abs().max() <= 1e-4
+
+
+def test_seqtransf_starts_from_the_text_transformer(clip_file):
+    method = build(clip_file, "seqTransf")
+    clip = method.backbone.clip
+    for i in range(4):
+        for name, value in method.resblocks[i].state_dict().items():
+            assert torch.equal(value, clip.transformer.resblocks[i].state_dict()[name]), name
+    assert torch.equal(method.frame_position_embeddings.weight[:12], clip.positional_embedding[:12])
+
+
+@pytest.mark.parametrize("head", ["seqLSTM", "seqTransf"])
+def test_gradients_reach_the_head(clip_file, head):
+    method = build(clip_file, head).train()
+    text = method.encode_text(GOLDEN["text_ids"][:4], GOLDEN["text_mask"][:4].bool())
+    method.loss(text, method.encode_video(GOLDEN["video"], GOLDEN["video_mask"].bool()))["total"].backward()
+    for parameter in method.head_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+
+
+def test_import_errors_name_the_keys(clip_file):
+    method = build(clip_file, "seqTransf")
+    state = official_state("seqTransf")
+    state["transformerClip.resblocks.0.ln_1.weight"] = torch.ones(32)
+    with pytest.raises(CheckpointError, match=r"wrong shape: resblocks.0.ln_1.weight \(32,\) != \(64,\)"):
+        load_official_clip4clip(method, state, "x.bin")
+    state = official_state("seqTransf")
+    del state["transformerClip.resblocks.3.mlp.c_proj.bias"]
+    with pytest.raises(CheckpointError, match=r"missing: resblocks.3.mlp.c_proj.bias"):
+        load_official_clip4clip(method, state, "x.bin")
+    state = official_state("seqLSTM")  # an LSTM checkpoint into a seqTransf head
+    with pytest.raises(CheckpointError, match=r"x.bin: keys unknown to clip4clip-seqtransf: lstm_visual"):
+        load_official_clip4clip(method, state, "x.bin")
+    state = official_state("meanP")
+    del state["clip.ln_final.bias"]
+    with pytest.raises(CheckpointError, match=r"x.bin \(clip.\*\) does not fit the model: missing: ln_final.bias"):
+        load_official_clip4clip(build(clip_file, "meanP"), state, "x.bin")
