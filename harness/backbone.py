@@ -184,6 +184,14 @@ class Backbone(nn.Module):
         sentence = words[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
         return sentence, words
 
+    def load_prefixed(self, state: dict[str, Tensor], prefix: str, source: str) -> None:
+        """Load the `prefix`-ed CLIP weights of a method checkpoint (OpenAI layout), strictly; text
+        positions are sliced to this backbone's word count."""
+        clip = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if "positional_embedding" in clip:
+            clip["positional_embedding"] = clip["positional_embedding"][: self.context_length]
+        load_weights_strictly(self.clip, clip, f"{source} ({prefix}*)")
+
     def describe(self) -> dict:
         return {"image_size": self.image_size, "context_length": self.context_length,
                 "embed_dim": self.embed_dim, **self.provenance}

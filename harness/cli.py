@@ -19,6 +19,19 @@ def _run(args: argparse.Namespace) -> None:
     run_suite(suite, Path(args.output) if args.output else None, quiet=args.quiet)
 
 
+def _import_checkpoint(args: argparse.Namespace) -> None:
+    from harness.checkpoints import import_checkpoint
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.cache_dir:
+        suite.cache_dir = args.cache_dir
+    count = import_checkpoint(suite, args.method, args.checkpoint, args.output, quiet=args.quiet)
+    print(f"imported {args.checkpoint} into {args.method}: {count} tensors written to {args.output}")
+    print(f"evaluate it with, in the suite's methods: {{name: {args.method}, checkpoint: {args.output}, "
+          "checkpoint_format: harness}")
+
+
 def _list(args: argparse.Namespace) -> None:
     from harness import registry
 
@@ -38,6 +51,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+    convert = commands.add_parser("import-checkpoint",
+                                  help="convert a checkpoint saved by a method's official code into the harness's module")
+    convert.add_argument("checkpoint", help="the official checkpoint file")
+    convert.add_argument("--method", required=True, help="registered method name, e.g. xpool")
+    convert.add_argument("--suite", required=True, help="suite whose backbone and protocol the method uses")
+    convert.add_argument("--output", required=True, help="where to write the harness state dict")
+    convert.add_argument("--cache-dir", help="override the suite's cache_dir")
+    convert.add_argument("--quiet", action="store_true")
+    convert.set_defaults(handler=_import_checkpoint)
     listing = commands.add_parser("list", help="methods and benchmarks available (built-in and plugins)")
     listing.set_defaults(handler=_list)
     return main

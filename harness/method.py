@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.backbone import Backbone
+from harness.errors import CheckpointError
 
 # A mapping of named tensors whose first dimension indexes items (videos or queries): the engine
 # slices, concatenates, moves and caches it without knowing what is inside.
@@ -44,6 +45,10 @@ class Method(nn.Module):
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         """Training loss on a batch of aligned pairs (text i with video i): 'total' plus named terms."""
         raise NotImplementedError
+
+    def load_official(self, state: dict[str, Tensor], source: str) -> None:
+        """Load a state dict saved by the method's official code, through an explicit, strict key map."""
+        raise CheckpointError(f"{self.name}: no official checkpoint format is known for this method ({source}).")
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters that are not the backbone's: trained at the full learning rate."""

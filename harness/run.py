@@ -13,6 +13,7 @@ import yaml
 
 from harness import registry
 from harness.backbone import Backbone, load_clip
+from harness.checkpoints import load_checkpoint
 from harness.data.benchmark import Split, check_videos
 from harness.data.frames import FrameStore
 from harness.errors import DataError
@@ -72,7 +73,7 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         test_splits = [check_videos(benchmark.load_split(s), suite.benchmark.allow_partial_gallery)
                        for s in suite.benchmark.test_splits]
         methods = {m.name: registry.methods()[m.name] for m in suite.methods}
-        needs_training = any(cls.trainable for cls in methods.values())
+        needs_training = any(methods[m.name].trainable and m.checkpoint is None for m in suite.methods)
         train_split = validation = None
         if needs_training:
             if suite.benchmark.train_split is None:
@@ -122,8 +123,11 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         log(f"{spec.name}:")
         torch.manual_seed(suite.seed)  # head initialisation does not depend on the method order
         method = cls(copy.deepcopy(backbone), cls.Params(**spec.params)).to(device)
-        entry = {"params": asdict(method.params), "trained": cls.trainable}
-        if cls.trainable:
+        entry = {"params": asdict(method.params), "trained": cls.trainable and spec.checkpoint is None}
+        if spec.checkpoint is not None:
+            load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
+            entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
+        elif cls.trainable:
             batches = PairBatches(train_split, train_store, protocol.words, training.batch_size, suite.seed,
                                   train_policy, protocol.frames, size)
             record = train(method, batches, validation if training.selection == "validation" else None, store,

@@ -83,6 +83,10 @@ class EvaluationSpec:
 class MethodSpec:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    # Evaluate this checkpoint instead of training: saved by the method's official code ("official") or
+    # by the harness (a run's checkpoints/<method>.pt, or `harness import-checkpoint` output).
+    checkpoint: str | None = None
+    checkpoint_format: Literal["official", "harness"] = "official"
 
 
 @dataclass

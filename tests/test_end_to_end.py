@@ -37,7 +37,7 @@ def test_results_schema_and_files(two_runs):
         assert key in results
     assert results["environment"]["packages"]["torch"]
     table = rows(output)
-    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp"}
+    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf", "xpool"}
     assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
     assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
     multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]
@@ -61,6 +61,8 @@ def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
             assert zero > 5 * chance
             assert meanp > zero + 5
             assert meanp < 90  # far from saturated: methods have room to differ
+    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "xpool"):
+        assert table.loc[(method, "test-1kA", "t2v"), "R1"] > table.loc[("zeroshot", "test-1kA", "t2v"), "R1"]
 
 
 def test_second_run_gives_the_same_numbers(two_runs):

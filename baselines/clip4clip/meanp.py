@@ -39,3 +39,8 @@ class MeanP(Method):
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         main = symmetric_cross_entropy(self.score(text, video))
         return {"total": main, "contrastive": main}
+
+    def load_official(self, state: dict[str, Tensor], source: str) -> None:
+        from baselines.clip4clip.official import load_official_clip4clip
+
+        load_official_clip4clip(self, state, source)

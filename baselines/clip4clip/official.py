@@ -22,10 +22,7 @@ HEAD_PREFIXES = {SeqLSTM: {"lstm_visual.": "lstm_visual."},
 
 
 def load_official_clip4clip(method: MeanP, state: dict[str, Tensor], source: str = "CLIP4Clip checkpoint") -> None:
-    clip = {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}
-    if "positional_embedding" in clip:
-        clip["positional_embedding"] = clip["positional_embedding"][: method.backbone.context_length]
-    load_weights_strictly(method.backbone.clip, clip, f"{source} (clip.*)")
+    method.backbone.load_prefixed(state, "clip.", source)
     skipped = UNUSED_BY.get(type(method), ())
     prefixes = HEAD_PREFIXES.get(type(method), {})
     head, unknown = {}, []

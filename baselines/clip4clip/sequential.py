@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from baselines.clip4clip.meanp import MeanP, mean_pooled_video
+from harness.errors import HarnessError
 from harness.method import Features
 
 
@@ -61,7 +62,8 @@ class SeqTransf(MeanP):
         super().__init__(backbone, params)
         text_blocks = backbone.clip.transformer.resblocks
         if params.layers > len(text_blocks):
-            raise ValueError(f"seqTransf: {params.layers} layers requested, the text transformer has {len(text_blocks)}.")
+            raise HarnessError(f"clip4clip-seqtransf: layers={params.layers}, but the backbone's text transformer has "
+                               f"{len(text_blocks)} blocks to initialise from; set the method's params.layers.")
         self.resblocks = nn.ModuleList(copy.deepcopy(text_blocks[i]) for i in range(params.layers))
         self.heads = text_blocks[0].attn.num_heads
         self.frame_position_embeddings = nn.Embedding(params.frame_positions, backbone.embed_dim)

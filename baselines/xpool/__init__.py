@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.backbone import load_weights_strictly
+from harness.errors import CheckpointError
 from harness.method import Features, Method, symmetric_cross_entropy
 
 OFFICIAL_PREFIX = "pool_frames."
@@ -117,3 +118,14 @@ class XPool(Method):
         """Load the `pool_frames.*` tensors of an official X-Pool state dict, strictly."""
         head = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
         load_weights_strictly(self.pool, head, source)
+
+    def load_official(self, state: dict[str, Tensor], source: str) -> None:
+        """A whole official X-Pool checkpoint: `clip.*` in OpenAI layout and `pool_frames.*`."""
+        unknown = sorted(k for k in state if not k.startswith(("clip.", OFFICIAL_PREFIX)))
+        if unknown:
+            raise CheckpointError(f"{source}: keys unknown to xpool: {', '.join(unknown[:8])}.")
+        if any(k.startswith(("clip.text_model.", "clip.vision_model.")) for k in state):
+            raise CheckpointError(f"{source}: a Hugging Face CLIP layout (clip.text_model.*); only the OpenAI layout "
+                                  "(X-Pool run without --huggingface) is supported.")
+        self.backbone.load_prefixed(state, "clip.", source)
+        self.load_official_head(state, f"{source} (pool_frames.*)")
