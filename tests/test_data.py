@@ -49,6 +49,18 @@ def test_decode_h264_with_sampling_resize_and_crop(tmp_path):
     assert np.abs(frames[:, 16, 16, 0].astype(int) - [0, 60, 120, 210]).max() <= 12  # lossy H.264 + YUV
 
 
+def test_generated_videos_decode_identically_every_time(tmp_path):
+    from harness.data.synthetic_world import random_clip, render
+
+    frames = render(random_clip(np.random.default_rng(7)))
+    for name in ("a.mp4", "b.mp4"):
+        write_mp4(tmp_path / name, frames)
+    a, b = (decode(tmp_path / name, 8, "fps1-linspace", 64) for name in ("a.mp4", "b.mp4"))
+    assert np.array_equal(a, b)
+    # Lossless: what comes back is the rendered frame, up to the 4:2:0 chroma subsampling.
+    assert np.abs(a[0].astype(int) - frames[0]).mean() < 3
+
+
 def test_decode_errors_name_the_video(tmp_path):
     with pytest.raises(DataError, match=r"video 'v1' .*file not found"):
         decode(tmp_path / "absent.mp4", 4, "fps1-linspace", 32, "v1")

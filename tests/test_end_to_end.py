@@ -8,20 +8,29 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 import pytest
 
 REPO = Path(__file__).parent.parent
 pytestmark = pytest.mark.slow
 
 
+REPEATED = ("zeroshot", "clip4clip-meanp", "xpool")  # the second run repeats these (to keep CI short)
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
+    """The shipped suite, then a copy of it with fewer methods, on the same cache."""
     cache = tmp_path_factory.mktemp("cache")
+    suite = yaml.safe_load((REPO / "suites" / "synthetic.yaml").read_text())
+    suite["methods"] = [m for m in suite["methods"] if m["name"] in REPEATED]
+    repeat = tmp_path_factory.mktemp("suite") / "synthetic_repeat.yaml"
+    repeat.write_text(yaml.safe_dump(suite))
     outputs = []
-    for name in ("first", "second"):
+    for name, path in (("first", REPO / "suites" / "synthetic.yaml"), ("second", repeat)):
         output = tmp_path_factory.mktemp(name)
-        subprocess.run([sys.executable, "-m", "harness.cli", "run", str(REPO / "suites" / "synthetic.yaml"),
-                        "--output", str(output), "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(output),
+                        "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO)
         outputs.append(output)
     return outputs
 
@@ -37,7 +46,8 @@ def test_results_schema_and_files(two_runs):
         assert key in results
     assert results["environment"]["packages"]["torch"]
     table = rows(output)
-    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf", "xpool"}
+    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf",
+                                    "clip4clip-tighttransf", "xpool"}
     assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
     assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
     multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]
@@ -61,10 +71,32 @@ def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
             assert zero > 5 * chance
             assert meanp > zero + 5
             assert meanp < 90  # far from saturated: methods have room to differ
-    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "xpool"):
+    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool"):
         assert table.loc[(method, "test-1kA", "t2v"), "R1"] > table.loc[("zeroshot", "test-1kA", "t2v"), "R1"]
 
 
 def test_second_run_gives_the_same_numbers(two_runs):
     first, second = (rows(o).drop(columns=["ranks_file"]) for o in two_runs)
+    first = first[first["method"].isin(REPEATED)].reset_index(drop=True)
+    assert len(first) == len(second) == 4 * len(REPEATED)
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_a_saved_checkpoint_evaluates_to_the_same_numbers_without_training(two_runs, tmp_path):
+    """A suite entry with `checkpoint:` skips training and reproduces the run that saved it."""
+    first = two_runs[0]
+    suite = yaml.safe_load((REPO / "suites" / "synthetic.yaml").read_text())
+    suite["methods"] = [{"name": "clip4clip-seqtransf", "params": {"layers": 3},
+                         "checkpoint": str(first / "checkpoints" / "clip4clip-seqtransf.pt"),
+                         "checkpoint_format": "harness"}]
+    path = tmp_path / "from_checkpoint.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    cache = json.loads((first / "results.json").read_text())["suite"]["cache_dir"]
+    subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(tmp_path / "run"),
+                    "--cache-dir", cache, "--quiet"], check=True, cwd=REPO)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["methods"]["clip4clip-seqtransf"]["trained"] is False
+    again = rows(tmp_path / "run").drop(columns=["ranks_file"]).reset_index(drop=True)
+    original = rows(first)
+    original = original[original["method"] == "clip4clip-seqtransf"].drop(columns=["ranks_file"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, original)

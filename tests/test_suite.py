@@ -32,7 +32,7 @@ def test_shipped_suites_validate(monkeypatch):
     monkeypatch.setenv("CLIP_CHECKPOINT", "/weights/ViT-B-32.pt")
     synthetic = load_suite(REPO / "suites" / "synthetic.yaml")
     assert [m.name for m in synthetic.methods] == ["zeroshot", "clip4clip-meanp", "clip4clip-seqlstm",
-                                                   "clip4clip-seqtransf", "xpool"]
+                                                   "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool"]
     assert synthetic.methods[3].params == {"layers": 3, "frame_positions": 77}  # resolved with defaults
     msrvtt = load_suite(REPO / "suites" / "msrvtt.yaml")
     assert msrvtt.benchmark.root == "/data/msrvtt"

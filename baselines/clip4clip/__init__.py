@@ -2,5 +2,6 @@
 
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
+from baselines.clip4clip.tight import TightTransf
 
-__all__ = ["MeanP", "SeqLSTM", "SeqTransf"]
+__all__ = ["MeanP", "SeqLSTM", "SeqTransf", "TightTransf"]

@@ -2,7 +2,8 @@
 
 Key map: `clip.*` -> the backbone (text positions sliced to the suite's word count);
 `lstm_visual.*` -> seqLSTM's LSTM; `transformerClip.resblocks.*` -> seqTransf's blocks;
-`frame_position_embeddings.weight` -> seqTransf's frame positions. The official model creates the frame
+`frame_position_embeddings.weight` -> seqTransf's frame positions; `cross.*` and `similarity_dense.*` ->
+tightTransf's cross-encoder. The official model creates the frame
 position embedding for every head; heads that never use it (meanP, seqLSTM) skip it on purpose. Any
 other key, a missing key or a shape mismatch is an error naming the keys.
 """
@@ -13,12 +14,15 @@ from torch import Tensor
 
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
+from baselines.clip4clip.tight import TightTransf
 from harness.backbone import load_weights_strictly
 from harness.errors import CheckpointError
 
 UNUSED_BY = {MeanP: ("frame_position_embeddings.weight",), SeqLSTM: ("frame_position_embeddings.weight",)}
 HEAD_PREFIXES = {SeqLSTM: {"lstm_visual.": "lstm_visual."},
-                 SeqTransf: {"transformerClip.": "", "frame_position_embeddings.": "frame_position_embeddings."}}
+                 SeqTransf: {"transformerClip.": "", "frame_position_embeddings.": "frame_position_embeddings."},
+                 TightTransf: {"cross.embeddings.position_embeddings.": "position_embeddings.", "cross.transformer.": "",
+                               "cross.pooler.": "", "similarity_dense.": "similarity_dense."}}
 
 
 def load_official_clip4clip(method: MeanP, state: dict[str, Tensor], source: str = "CLIP4Clip checkpoint") -> None:

@@ -21,6 +21,37 @@ from harness.errors import HarnessError
 from harness.method import Features
 
 
+def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor, heads: int) -> Tensor:
+    """CLIP residual-attention blocks over x (B, L, D); positions where mask (B, L) is false are masked
+    as keys with -1e6, as the official code does."""
+    length = x.shape[1]
+    key_mask = (1.0 - mask.to(x.dtype)).unsqueeze(1).expand(-1, length, -1) * -1e6
+    attn_mask = key_mask.repeat_interleave(heads, dim=0)  # (B * heads, L, L), batch-major as torch expects
+    for block in blocks:
+        x = block(x, attn_mask=attn_mask)
+    return x
+
+
+def text_blocks(backbone, layers: int, method: str) -> nn.ModuleList:
+    """Copies of the backbone's first `layers` text blocks (the official initialisation)."""
+    blocks = backbone.clip.transformer.resblocks
+    if layers > len(blocks):
+        raise HarnessError(f"{method}: layers={layers}, but the backbone's text transformer has {len(blocks)} "
+                           "blocks to initialise from; set the method's params.layers.")
+    return nn.ModuleList(copy.deepcopy(blocks[i]) for i in range(layers))
+
+
+def text_positions(backbone, rows: int) -> nn.Embedding:
+    """A position embedding of `rows` rows starting as the backbone's text positional embedding."""
+    embedding = nn.Embedding(rows, backbone.embed_dim)
+    nn.init.normal_(embedding.weight, std=0.02)
+    source = backbone.clip.positional_embedding.detach()
+    count = min(rows, source.shape[0])
+    with torch.no_grad():
+        embedding.weight[:count] = source[:count]
+    return embedding
+
+
 @dataclass
 class SeqLSTMParams:
     """One LSTM layer with hidden size equal to the embedding width (the official configuration)."""
@@ -60,28 +91,14 @@ class SeqTransf(MeanP):
 
     def __init__(self, backbone, params: SeqTransfParams):
         super().__init__(backbone, params)
-        text_blocks = backbone.clip.transformer.resblocks
-        if params.layers > len(text_blocks):
-            raise HarnessError(f"clip4clip-seqtransf: layers={params.layers}, but the backbone's text transformer has "
-                               f"{len(text_blocks)} blocks to initialise from; set the method's params.layers.")
-        self.resblocks = nn.ModuleList(copy.deepcopy(text_blocks[i]) for i in range(params.layers))
-        self.heads = text_blocks[0].attn.num_heads
-        self.frame_position_embeddings = nn.Embedding(params.frame_positions, backbone.embed_dim)
-        nn.init.normal_(self.frame_position_embeddings.weight, std=0.02)
-        text_positions = backbone.clip.positional_embedding.detach()
-        rows = min(params.frame_positions, text_positions.shape[0])
-        with torch.no_grad():
-            self.frame_position_embeddings.weight[:rows] = text_positions[:rows]
+        self.resblocks = text_blocks(backbone, params.layers, self.name)
+        self.heads = self.resblocks[0].attn.num_heads
+        self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
 
     def temporal(self, features: Tensor, frame_mask: Tensor) -> Tensor:
         """F' = Transformer(F + P_pos) + F, padded frames masked as keys."""
-        length = features.shape[1]
-        x = features + self.frame_position_embeddings.weight[:length]
-        key_mask = (1.0 - frame_mask.to(x.dtype)).unsqueeze(1).expand(-1, length, -1) * -1e6
-        attn_mask = key_mask.repeat_interleave(self.heads, dim=0)
-        for block in self.resblocks:
-            x = block(x, attn_mask=attn_mask)
-        return x + features
+        x = features + self.frame_position_embeddings.weight[: features.shape[1]]
+        return run_blocks(self.resblocks, x, frame_mask, self.heads) + features
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
         features = self.backbone.encode_frames(frames)
