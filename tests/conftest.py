@@ -13,5 +13,16 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def clip_file(tmp_path_factory) -> Path:
+    """The official CLIP4Clip meanP state dict's clip.* weights: an OpenAI-layout CLIP of the golden shape."""
+    from harness.backbone import read_state_dict
+
+    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
+    path = tmp_path_factory.mktemp("clip") / "clip_openai_layout.pt"
+    torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
+    return path
+
+
 def load_golden(name: str) -> dict:
     return torch.load(DATA / "golden" / name, weights_only=True)

@@ -6,20 +6,12 @@ import pytest
 import torch
 
 from baselines.clip4clip import MeanP
-from conftest import DATA, load_golden
-from harness.backbone import Backbone, load_clip, read_state_dict
+from conftest import load_golden
+from harness.backbone import Backbone, load_clip
 from harness.errors import CheckpointError
 
 TOLERANCE = 1e-5  # fp32; measured max abs differences are below 1e-6
 
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory):
-    """The official CLIP4Clip state dict's clip.* weights: an OpenAI-layout CLIP."""
-    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
-    path = tmp_path_factory.mktemp("clip") / "clip_openai_layout.pt"
-    torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
-    return path
 
 
 def test_text_and_frame_features_match_official(clip_file):

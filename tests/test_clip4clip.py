@@ -17,14 +17,6 @@ HEADS = {"meanP": (MeanP, {}), "seqLSTM": (SeqLSTM, {}), "seqTransf": (SeqTransf
          "tightTransf": (TightTransf, {"positions": 20})}
 
 
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory):
-    """Any OpenAI-layout CLIP of the golden shape to build the backbone; the import overwrites it."""
-    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
-    path = tmp_path_factory.mktemp("clip") / "clip.pt"
-    torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
-    return path
-
 
 def build(clip_file, head: str):
     cls, params = HEADS[head]
