@@ -174,11 +174,21 @@ class Backbone(nn.Module):
         pooled = self.clip.visual(frames.flatten(0, 1))
         return pooled.view(batch, length, -1)
 
-    def encode_text(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """tokens (B, L) -> t (B, D) at the EOT (largest id) and W (B, L, D) at every position."""
+    def encode_text(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens (B, L) -> t (B, D) at the EOT (largest id) and W (B, L, D) at every position.
+
+        CLIP's encoder is causal only. With `mask_padding_keys` (B, L) bool, padded positions are also
+        masked as keys (the DiCoSA/GLSCL text encoder): the states at padded positions then attend to the
+        real tokens only. t and the real positions' states are unchanged (causality already hides the
+        padding from them)."""
         clip = self.clip
-        x = clip.token_embedding(tokens) + clip.positional_embedding[: tokens.shape[1]]
-        mask = clip.attn_mask[: tokens.shape[1], : tokens.shape[1]]
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
+        mask = clip.attn_mask[:length, :length]
+        if mask_padding_keys is not None:
+            heads = clip.transformer.resblocks[0].attn.num_heads
+            mask = mask.expand(tokens.shape[0], -1, -1).masked_fill(~mask_padding_keys[:, None, :], -torch.inf)
+            mask = mask.repeat_interleave(heads, dim=0)  # (B * heads, L, L), batch-major as torch expects
         x = clip.transformer(x, attn_mask=mask)
         words = clip.ln_final(x) @ clip.text_projection
         sentence = words[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]

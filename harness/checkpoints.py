@@ -32,7 +32,7 @@ def build_method(suite: Suite, name: str, backbone) -> Method:
     cls = registry.methods().get(name)
     if cls is None:
         raise SuiteError(f"unknown method {name!r}; available: {', '.join(sorted(registry.methods()))}.")
-    params = specs[name].params if name in specs else {}
+    params = specs[name].params if name in specs else cls.benchmark_defaults.get(suite.benchmark.name, {})
     return cls(backbone, cls.Params(**params))
 
 

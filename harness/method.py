@@ -24,6 +24,9 @@ class Method(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type]  # dataclass of the method's own hyper-parameters, official defaults
     trainable: ClassVar[bool] = True
+    # Official hyper-parameters that differ by benchmark: {benchmark name: {param: value}}. The suite
+    # applies them under its own params; the resolved values are stored with every result.
+    benchmark_defaults: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, backbone: Backbone, params: object):
         super().__init__()
@@ -49,6 +52,10 @@ class Method(nn.Module):
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
         """Load a state dict saved by the method's official code, through an explicit, strict key map."""
         raise CheckpointError(f"{self.name}: no official checkpoint format is known for this method ({source}).")
+
+    def protocol(self) -> dict[str, str]:
+        """Method-specific protocol facts (documented deviations, choices) recorded with its results."""
+        return {}
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters that are not the backbone's: trained at the full learning rate."""

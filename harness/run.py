@@ -123,7 +123,9 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         log(f"{spec.name}:")
         torch.manual_seed(suite.seed)  # head initialisation does not depend on the method order
         method = cls(copy.deepcopy(backbone), cls.Params(**spec.params)).to(device)
-        entry = {"params": asdict(method.params), "trained": cls.trainable and spec.checkpoint is None}
+        entry = {"params": asdict(method.params), "trained": cls.trainable and spec.checkpoint is None,
+                 "benchmark_defaults": cls.benchmark_defaults.get(suite.benchmark.name, {}),
+                 "protocol": method.protocol()}
         if spec.checkpoint is not None:
             load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
             entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)

@@ -278,9 +278,11 @@ def parse_suite(data: Any, source: str) -> Suite:
         if spec.name in seen:
             raise SuiteError(f"{source}: methods[{i}].name: method {spec.name!r} is listed twice.")
         seen.add(spec.name)
-        params_cls = methods[spec.name].Params
-        # Resolve now so that a typo in a hyper-parameter fails before any work starts.
-        spec.params = dataclasses.asdict(build(params_cls, spec.params, f"methods[{i}].params", source))
+        method = methods[spec.name]
+        # Resolve now so that a typo in a hyper-parameter fails before any work starts. The method's
+        # per-benchmark official defaults come first; the suite's own params override them.
+        params = {**method.benchmark_defaults.get(suite.benchmark.name, {}), **(spec.params or {})}
+        spec.params = dataclasses.asdict(build(method.Params, params, f"methods[{i}].params", source))
     for i, direction in enumerate(suite.evaluation.directions):
         if suite.evaluation.directions.index(direction) != i:
             raise SuiteError(f"{source}: evaluation.directions[{i}]: {direction!r} is listed twice.")

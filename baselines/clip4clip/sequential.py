@@ -32,13 +32,24 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor, heads: int) -> Te
     return x
 
 
+# The official temporal and cross transformers (CLIP4Clip's module_cross, reused by DiCoSA and GLSCL)
+# build their blocks with until_module's TF-style LayerNorm, eps 1e-12, not CLIP's 1e-5: a relative
+# difference of about 1e-5 in every output.
+OFFICIAL_HEAD_LAYER_NORM_EPS = 1e-12
+
+
 def text_blocks(backbone, layers: int, method: str) -> nn.ModuleList:
-    """Copies of the backbone's first `layers` text blocks (the official initialisation)."""
+    """Copies of the backbone's first `layers` text blocks (the official initialisation), with the
+    official heads' LayerNorm epsilon."""
     blocks = backbone.clip.transformer.resblocks
     if layers > len(blocks):
         raise HarnessError(f"{method}: layers={layers}, but the backbone's text transformer has {len(blocks)} "
                            "blocks to initialise from; set the method's params.layers.")
-    return nn.ModuleList(copy.deepcopy(blocks[i]) for i in range(layers))
+    copies = nn.ModuleList(copy.deepcopy(blocks[i]) for i in range(layers))
+    for module in copies.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = OFFICIAL_HEAD_LAYER_NORM_EPS
+    return copies
 
 
 def text_positions(backbone, rows: int) -> nn.Embedding:

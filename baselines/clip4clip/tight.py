@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.clip4clip.meanp import MeanP
-from baselines.clip4clip.sequential import run_blocks, text_blocks, text_positions
+from baselines.clip4clip.sequential import OFFICIAL_HEAD_LAYER_NORM_EPS, run_blocks, text_blocks, text_positions
 from harness.method import Features, symmetric_cross_entropy
 
 
@@ -44,7 +44,7 @@ class TightTransf(MeanP):
         self.heads = self.resblocks[0].attn.num_heads
         self.position_embeddings = text_positions(backbone, params.positions)
         self.dropout = nn.Dropout(params.dropout)
-        self.ln_pool = nn.LayerNorm(dim)
+        self.ln_pool = nn.LayerNorm(dim, eps=OFFICIAL_HEAD_LAYER_NORM_EPS)
         self.dense = nn.Linear(dim, dim)
         self.similarity_dense = nn.Linear(dim, 1)
         for linear in (self.dense, self.similarity_dense):
