@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def test_results_schema_and_files(two_runs):
     assert results["environment"]["packages"]["torch"]
     table = rows(output)
     assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf",
-                                    "clip4clip-tighttransf", "xpool"}
+                                    "clip4clip-tighttransf", "xpool", "glscl"}
     assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
     assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
     multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]
@@ -61,6 +62,16 @@ def test_results_schema_and_files(two_runs):
     assert (output / "checkpoints" / "clip4clip-meanp.pt").is_file()
 
 
+def test_glscl_logs_every_loss_term_and_records_its_protocol(two_runs):
+    entry = json.loads((two_runs[0] / "results.json").read_text())["methods"]["glscl"]
+    for epoch in entry["training"]["history"]:
+        terms = {k: epoch[f"loss_{k}"] for k in ("total", "contrastive", "diversity", "consistency")}
+        assert all(math.isfinite(v) for v in terms.values())
+        assert terms["total"] == pytest.approx(terms["contrastive"] + terms["diversity"] + terms["consistency"])
+    assert entry["params"]["text_padding"] == "mask-keys" and "official" in entry["protocol"]["text_padding"]
+    assert entry["params"]["temperature"] == 3.0 and entry["benchmark_defaults"] == {}
+
+
 def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
     table = rows(two_runs[0]).set_index(["method", "split", "direction"])
     chance = 100 / 250
@@ -71,7 +82,7 @@ def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
             assert zero > 5 * chance
             assert meanp > zero + 5
             assert meanp < 90  # far from saturated: methods have room to differ
-    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool"):
+    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl"):
         assert table.loc[(method, "test-1kA", "t2v"), "R1"] > table.loc[("zeroshot", "test-1kA", "t2v"), "R1"]
 
 

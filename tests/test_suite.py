@@ -32,12 +32,14 @@ def test_shipped_suites_validate(monkeypatch):
     monkeypatch.setenv("CLIP_CHECKPOINT", "/weights/ViT-B-32.pt")
     synthetic = load_suite(REPO / "suites" / "synthetic.yaml")
     assert [m.name for m in synthetic.methods] == ["zeroshot", "clip4clip-meanp", "clip4clip-seqlstm",
-                                                   "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool"]
+                                                   "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl"]
     assert synthetic.methods[3].params == {"layers": 3, "frame_positions": 77}  # resolved with defaults
     msrvtt = load_suite(REPO / "suites" / "msrvtt.yaml")
     assert msrvtt.benchmark.root == "/data/msrvtt"
     assert msrvtt.backbone.checkpoint == "/weights/ViT-B-32.pt"
     assert msrvtt.protocol.frames == 12 and msrvtt.protocol.words == 32
+    glscl = msrvtt.methods[-1]
+    assert glscl.name == "glscl" and glscl.params["temperature"] == 3.0 and glscl.params["beta"] == 0.02
 
 
 def test_typo_in_a_key_names_path_and_suggests(tmp_path):

@@ -1,19 +1,14 @@
 """X-Pool scores a 1,000 x 1,000 gallery on the CPU under a fixed memory budget.
 
 Timing: pytest-benchmark (`tox -- tests/benchmarks --benchmark-enable` for repeated rounds). Peak
-memory: measured in a child process as the growth of its resident high-water mark (VmHWM, reset
-before scoring) over its resident size before scoring. Linux only.
+memory: peak_memory.py (a child process's resident high-water mark while scoring). Linux only.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from peak_memory import peak_memory_mib
 
 N, FRAMES, DIM = 1000, 12, 512
 BUDGET = 1 << 24  # pooled-tensor elements at once: 64 MiB in fp32 (the official code: 2 GiB)
@@ -30,28 +25,6 @@ video = {{"frames": torch.randn({N}, {FRAMES}, {DIM}), "frame_mask": torch.ones(
 """
 
 
-def peak_scoring_memory_mib() -> float:
-    script = SETUP + textwrap.dedent("""
-        import json
-
-        def status_kib(field):
-            for line in open("/proc/self/status"):
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-
-        with open("/proc/self/clear_refs", "w") as handle:  # reset the high-water mark (Linux)
-            handle.write("5")
-        before = status_kib("VmRSS")
-        with torch.no_grad():
-            scores = method.score(text, video)
-        print(json.dumps({"peak_mib": (status_kib("VmHWM") - before) / 1024, "shape": list(scores.shape)}))
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["shape"] == [N, N]
-    return report["peak_mib"]
-
-
 @pytest.mark.slow
 def test_xpool_1000_by_1000_gallery(benchmark):
     namespace: dict = {}
@@ -64,7 +37,9 @@ def test_xpool_1000_by_1000_gallery(benchmark):
 
     scores = benchmark.pedantic(score, rounds=1, iterations=1)
     assert scores.shape == (N, N) and torch.isfinite(scores).all()
-    peak = peak_scoring_memory_mib()
+    report = peak_memory_mib(SETUP, "with torch.no_grad():\n        report['shape'] = list(method.score(text, video).shape)")
+    assert report["shape"] == [N, N]
+    peak = report["peak_mib"]
     benchmark.extra_info["peak_scoring_memory_mib"] = round(peak, 1)
     # The official code's single pooled tensor alone would be N * N * DIM * 4 bytes = 1953 MiB.
     assert peak < 1953 / 4
