@@ -34,7 +34,8 @@ def autocast(device: torch.device, enabled: bool):
 
 def load_frames(store: FrameStore, split: Split, indices: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
     frames, masks = zip(*(store.load(split.videos[i]) for i in indices))
-    return to_pixels(torch.stack(frames).to(device)), torch.stack(masks).to(device)
+    mask = torch.stack(masks).to(device)
+    return to_pixels(torch.stack(frames).to(device), mask), mask
 
 
 @torch.no_grad()

@@ -115,7 +115,8 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
         progress = tqdm(batches, desc=f"{method.name} epoch {epoch}/{spec.epochs}", disable=quiet, leave=False)
         for frames, frame_mask, tokens, token_mask in progress:
             with autocast(device, mixed):
-                video = method.encode_video(to_pixels(frames.to(device)), frame_mask.to(device))
+                frame_mask = frame_mask.to(device)
+                video = method.encode_video(to_pixels(frames.to(device), frame_mask), frame_mask)
                 text = method.encode_text(tokens.to(device), token_mask.to(device))
                 terms = method.loss(text, video)
             loss = terms["total"]

@@ -14,7 +14,7 @@ from harness.data.benchmarks.msrvtt import MSRVTT
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.data.text import tokenize
-from harness.data.video import decode, sample_indices
+from harness.data.video import PIXEL_MEAN, PIXEL_STD, decode, pad_frames, sample_indices, to_pixels
 from harness.errors import DataError
 
 
@@ -148,3 +148,13 @@ def test_missing_annotation_files_are_named(tmp_path):
         MSRVTT(str(tmp_path), None, tmp_path).load_split("train-7k")
     assert "MSRVTT_train.7k.csv" in str(error.value) and "MSRVTT_data.json" in str(error.value)
     assert "Expected layout" in str(error.value)
+
+
+def test_padded_frames_are_zero_after_normalisation_as_the_official_loaders_pad():
+    frames = np.full((2, 4, 4, 3), 200, dtype=np.uint8)
+    padded, mask = pad_frames(frames, 3)
+    pixels = to_pixels(padded, mask)
+    assert (pixels[2] == 0).all()  # not the normalised black image
+    expected = (200 / 255 - PIXEL_MEAN[0]) / PIXEL_STD[0]
+    assert abs(pixels[0, 0, 0, 0].item() - expected) <= 1e-6
+    assert (to_pixels(padded)[2] != 0).all()  # without the mask: normalised black

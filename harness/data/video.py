@@ -81,9 +81,16 @@ def pad_frames(frames: np.ndarray, length: int) -> tuple[Tensor, Tensor]:
     return padded, mask
 
 
-def to_pixels(frames: Tensor) -> Tensor:
-    """uint8 (..., S, S, 3) -> float (..., 3, S, S) with CLIP mean/std normalisation."""
+def to_pixels(frames: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+    """uint8 (..., S, S, 3) -> float (..., 3, S, S) with CLIP mean/std normalisation.
+
+    With frame_mask (...,) bool, padded frames are exactly zero after normalisation, as the official
+    loaders (CLIP4Clip and its forks) pad: it matters to heads that read padded frames unmasked
+    (GLSCL's video decoder, EERCF's weak frame score)."""
     x = frames.float().div(255.0).movedim(-1, -3)
     mean = torch.tensor(PIXEL_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(PIXEL_STD, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+    x = (x - mean) / std
+    if frame_mask is not None:
+        x = x * frame_mask.to(x.dtype)[..., None, None, None]
+    return x
