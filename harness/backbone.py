@@ -174,6 +174,19 @@ class Backbone(nn.Module):
         pooled = self.clip.visual(frames.flatten(0, 1))
         return pooled.view(batch, length, -1)
 
+    def encode_frames_and_patches(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """frames (B, T, 3, H, W) -> F (B, T, D) and P (B, T, N, D): every patch token after ln_post and
+        proj (N = 49 for ViT-B/32 at 224 px), not normalised."""
+        batch, length = frames.shape[:2]
+        visual = self.clip.visual
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(frames.flatten(0, 1))
+        finally:
+            visual.output_tokens = False
+        patches = tokens @ visual.proj
+        return pooled.view(batch, length, -1), patches.view(batch, length, patches.shape[1], -1)
+
     def encode_text(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens (B, L) -> t (B, D) at the EOT (largest id) and W (B, L, D) at every position.
 

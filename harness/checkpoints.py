@@ -15,7 +15,7 @@ from harness import registry
 from harness.backbone import load_weights_strictly, read_state_dict
 from harness.errors import SuiteError
 from harness.method import Method
-from harness.suite import Suite
+from harness.suite import Suite, method_params
 
 
 def load_checkpoint(method: Method, path: str | Path, checkpoint_format: str) -> None:
@@ -32,7 +32,7 @@ def build_method(suite: Suite, name: str, backbone) -> Method:
     cls = registry.methods().get(name)
     if cls is None:
         raise SuiteError(f"unknown method {name!r}; available: {', '.join(sorted(registry.methods()))}.")
-    params = specs[name].params if name in specs else cls.benchmark_defaults.get(suite.benchmark.name, {})
+    params = specs[name].params if name in specs else method_params(cls, suite, {}, f"{name} params")
     return cls(backbone, cls.Params(**params))
 
 

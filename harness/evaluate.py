@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -65,22 +67,58 @@ def encode_queries(method: Method, captions: list[str], words: int, batch_size: 
     return concat_features(parts)
 
 
+def count(features: Features) -> int:
+    return next(iter(features.values())).shape[0]
+
+
 @torch.no_grad()
 def score_in_chunks(method: Method, text: Features, video: Features, chunk: int, device: torch.device,
-                    mixed_precision: bool = False) -> Tensor:
+                    mixed_precision: bool = False, score_fn: Callable | None = None) -> Tensor:
     """(n_text, n_video) float32 on the CPU, computed `chunk` queries x `chunk` videos at a time so that
-    no per-pair intermediate grows beyond one chunk."""
-    n_text = next(iter(text.values())).shape[0]
-    n_video = next(iter(video.values())).shape[0]
+    no per-pair intermediate grows beyond one chunk. `score_fn` defaults to `method.score`."""
+    score_fn = score_fn or method.score
+    n_text, n_video = count(text), count(video)
     scores = torch.empty(n_text, n_video)
     for t0 in range(0, n_text, chunk):
         text_chunk = move_features(slice_features(text, t0, t0 + chunk), device)
         for v0 in range(0, n_video, chunk):
             video_chunk = move_features(slice_features(video, v0, v0 + chunk), device)
             with autocast(device, mixed_precision):
-                block = method.score(text_chunk, video_chunk)
+                block = score_fn(text_chunk, video_chunk)
             scores[t0 : t0 + chunk, v0 : v0 + chunk] = block.float().cpu()
     return scores
+
+
+def take(features: Features, index: Tensor) -> Features:
+    return {name: value[index] for name, value in features.items()}
+
+
+@torch.no_grad()
+def two_stage_scores(method: Method, text: Features, video: Features, coarse: Tensor, k: int, direction: str,
+                     device: torch.device, mixed_precision: bool = False) -> tuple[Tensor, int]:
+    """Coarse-to-fine retrieval in one direction. Each query (a text for t2v, a video for v2t) keeps its
+    top-k gallery items by the coarse score; only those pairs get the fine score (`method.score`), and they
+    are placed above every other item, which keeps its coarse order. Returns an (n_text, n_video) float64
+    matrix to rank in that direction and the number of fine scores computed (k per query)."""
+    scores = coarse.double().t().clone() if direction == "v2t" else coarse.double().clone()  # (queries, gallery)
+    queries, gallery = (video, text) if direction == "v2t" else (text, video)
+    k = min(k, scores.shape[1])
+    candidates = scores.topk(k, dim=1).indices
+    computed = 0
+    for q in range(scores.shape[0]):
+        query = move_features(slice_features(queries, q, q + 1), device)
+        items = move_features(take(gallery, candidates[q]), device)
+        with autocast(device, mixed_precision):
+            fine = method.score(items, query) if direction == "v2t" else method.score(query, items)
+        fine = fine.reshape(-1).double().cpu()
+        computed += fine.numel()
+        row = scores[q]
+        outside = torch.ones(row.shape[0], dtype=torch.bool)
+        outside[candidates[q]] = False
+        if outside.any():  # every non-candidate strictly below the lowest candidate, order kept
+            row[outside] -= row[outside].max() - fine.min() + 1.0
+        row[candidates[q]] = fine
+    return (scores.t() if direction == "v2t" else scores), computed
 
 
 def rank_split(scores: Tensor, split: Split, direction: str, v2t_convention: str) -> Ranking:
@@ -90,10 +128,30 @@ def rank_split(scores: Tensor, split: Split, direction: str, v2t_convention: str
     return video_to_text(scores, owners, len(split.videos), v2t_convention)
 
 
+@dataclass
+class StageScores:
+    """One retrieval stage's (n_text, n_video) scores per direction. `stage` is "single" for one-stage
+    methods; two-stage methods give a "coarse" stage and a "two-stage" one, whose `fine_scores` counts
+    the fine scores computed per direction."""
+
+    stage: str
+    scores: dict[str, Tensor]
+    fine_scores: dict[str, int] = field(default_factory=dict)
+
+
 def evaluate_split(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, chunk: int,
-                   device: torch.device, mixed_precision: bool = False, quiet: bool = False) -> Tensor:
-    """The full score matrix of a split: every video and every query encoded exactly once."""
+                   device: torch.device, mixed_precision: bool = False, quiet: bool = False,
+                   directions: tuple[str, ...] = ("t2v", "v2t")) -> list[StageScores]:
+    """Every video and every query encoded exactly once, then scored: the full matrix for one-stage
+    methods; the coarse matrix and, per direction, the two-stage result for two-stage methods."""
     method.eval()
     video = encode_videos(method, split, store, batch_size, device, mixed_precision, quiet)
     text = encode_queries(method, split.captions, words, batch_size, device, mixed_precision, quiet)
-    return score_in_chunks(method, text, video, chunk, device, mixed_precision)
+    k = method.candidates()
+    if k is None:
+        scores = score_in_chunks(method, text, video, chunk, device, mixed_precision)
+        return [StageScores("single", {d: scores for d in directions})]
+    coarse = score_in_chunks(method, text, video, chunk, device, mixed_precision, method.coarse_score)
+    fine = {d: two_stage_scores(method, text, video, coarse, k, d, device, mixed_precision) for d in directions}
+    return [StageScores("coarse", {d: coarse for d in directions}),
+            StageScores("two-stage", {d: fine[d][0] for d in directions}, {d: fine[d][1] for d in directions})]

@@ -45,6 +45,15 @@ class Method(nn.Module):
         """(n_text, n_video) similarities, higher is better."""
         raise NotImplementedError
 
+    def candidates(self) -> int | None:
+        """Two-stage methods: how many gallery items per query get the fine score (`score`) after
+        `coarse_score` has ranked the whole gallery. None: one stage, `score` on every pair."""
+        return None
+
+    def coarse_score(self, text: Features, video: Features) -> Tensor:
+        """Two-stage methods: the cheap (n_text, n_video) score that ranks the whole gallery."""
+        raise NotImplementedError
+
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         """Training loss on a batch of aligned pairs (text i with video i): 'total' plus named terms."""
         raise NotImplementedError

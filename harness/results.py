@@ -22,7 +22,7 @@ import torch
 import harness
 
 SCHEMA_VERSION = 1
-ROW_FIELDS = ("method", "benchmark", "split", "direction", "post", "R1", "R5", "R10", "MdR", "MnR", "ties",
+ROW_FIELDS = ("method", "benchmark", "split", "direction", "stage", "post", "R1", "R5", "R10", "MdR", "MnR", "ties",
               "coverage", "queries", "gallery")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "decord", "av", "numpy", "pandas")
 

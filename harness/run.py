@@ -17,7 +17,7 @@ from harness.checkpoints import load_checkpoint
 from harness.data.benchmark import Split, check_videos
 from harness.data.frames import FrameStore
 from harness.errors import DataError
-from harness.evaluate import evaluate_split, rank_split
+from harness.evaluate import StageScores, evaluate_split, rank_split
 from harness.metrics import RECALL_AT, summarize
 from harness.results import (SCHEMA_VERSION, code_version, environment, new_run_dir, started_at, table,
                              write_ranks, write_results)
@@ -59,6 +59,30 @@ def carve_validation(train_split: Split, count: int, seed: int) -> tuple[Split, 
     keep = [i for i in range(len(train_split.videos)) if i not in chosen]
     validation = train_split.subset("validation", sorted(chosen), first_caption_only=True)
     return train_split.subset(train_split.name, keep), validation
+
+
+def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageScores, k: int | None) -> list[dict]:
+    """One result row per direction of one retrieval stage, with its per-query ranks written out."""
+    protocol, rows = suite.protocol, []
+    for direction, scores in stage.scores.items():
+        ranking = rank_split(scores, split, direction, protocol.multi_caption_v2t)
+        queries = split.captions if direction == "t2v" else [v.id for v in split.videos]
+        label = name if stage.stage == "single" else f"{name}@{stage.stage}"
+        ranks_file = write_ranks(run_dir, label, split.name, direction, ranking.ranks, ranking.tied, queries)
+        row = {
+            "method": name, "benchmark": suite.benchmark.name, "split": split.name, "direction": direction,
+            "stage": stage.stage, "post": "none", **summarize(ranking, RECALL_AT),
+            "coverage": split.coverage, "queries": len(ranking.ranks),
+            "gallery": len(split.captions) if direction == "v2t" and protocol.multi_caption_v2t ==
+            "all-captions" and split.shape == "multi-caption" else len(split.videos),
+            "shape": split.shape, "ranks_file": ranks_file,
+            **({"v2t_convention": protocol.multi_caption_v2t}
+               if direction == "v2t" and split.shape == "multi-caption" else {}),
+        }
+        if stage.stage == "two-stage":  # fine scores actually computed, against the full matrix
+            row.update(candidates=k, fine_scores=stage.fine_scores[direction], all_pairs=scores.numel())
+        rows.append(row)
+    return rows
 
 
 def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print) -> dict:
@@ -140,22 +164,10 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
             torch.save(method.state_dict(), checkpoint)
             entry["checkpoint"] = str(checkpoint.relative_to(run_dir))
         for split in test_splits:
-            scores = evaluate_split(method, split, store, protocol.words, evaluation.batch_size,
-                                    evaluation.score_chunk, device, training.mixed_precision, quiet)
-            for direction in evaluation.directions:
-                ranking = rank_split(scores, split, direction, protocol.multi_caption_v2t)
-                queries = split.captions if direction == "t2v" else [v.id for v in split.videos]
-                ranks_file = write_ranks(run_dir, spec.name, split.name, direction, ranking.ranks, ranking.tied, queries)
-                results["rows"].append({
-                    "method": spec.name, "benchmark": suite.benchmark.name, "split": split.name,
-                    "direction": direction, "post": "none", **summarize(ranking, RECALL_AT),
-                    "coverage": split.coverage, "queries": len(ranking.ranks),
-                    "gallery": len(split.captions) if direction == "v2t" and protocol.multi_caption_v2t ==
-                    "all-captions" and split.shape == "multi-caption" else len(split.videos),
-                    "shape": split.shape, "ranks_file": ranks_file,
-                    **({"v2t_convention": protocol.multi_caption_v2t}
-                       if direction == "v2t" and split.shape == "multi-caption" else {}),
-                })
+            for stage in evaluate_split(method, split, store, protocol.words, evaluation.batch_size,
+                                        evaluation.score_chunk, device, training.mixed_precision, quiet,
+                                        tuple(evaluation.directions)):
+                results["rows"] += stage_rows(run_dir, suite, spec.name, split, stage, method.candidates())
         results["methods"][spec.name] = entry
         results["wall_seconds"] = round(time.perf_counter() - clock, 1)
         write_results(run_dir, results)  # after every method: finished work is never lost

@@ -278,15 +278,23 @@ def parse_suite(data: Any, source: str) -> Suite:
         if spec.name in seen:
             raise SuiteError(f"{source}: methods[{i}].name: method {spec.name!r} is listed twice.")
         seen.add(spec.name)
-        method = methods[spec.name]
-        # Resolve now so that a typo in a hyper-parameter fails before any work starts. The method's
-        # per-benchmark official defaults come first; the suite's own params override them.
-        params = {**method.benchmark_defaults.get(suite.benchmark.name, {}), **(spec.params or {})}
-        spec.params = dataclasses.asdict(build(method.Params, params, f"methods[{i}].params", source))
+        # Resolve now so that a typo in a hyper-parameter fails before any work starts.
+        spec.params = method_params(methods[spec.name], suite, spec.params or {}, f"methods[{i}].params")
     for i, direction in enumerate(suite.evaluation.directions):
         if suite.evaluation.directions.index(direction) != i:
             raise SuiteError(f"{source}: evaluation.directions[{i}]: {direction!r} is listed twice.")
     return suite
+
+
+def method_params(method_cls: type, suite: Suite, given: dict, path: str) -> dict:
+    """A method's resolved hyper-parameters: its official per-benchmark values first, the suite's own
+    params over them; a `frames` or `words` param left unset takes the suite's protocol value."""
+    params = {**method_cls.benchmark_defaults.get(suite.benchmark.name, {}), **given}
+    resolved = dataclasses.asdict(build(method_cls.Params, params, path, suite.source))
+    for name, value in (("frames", suite.protocol.frames), ("words", suite.protocol.words)):
+        if name in resolved and resolved[name] is None:
+            resolved[name] = value
+    return resolved
 
 
 def load_suite(path: str | Path) -> Suite:

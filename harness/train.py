@@ -93,8 +93,9 @@ class PairBatches:
 
 def validation_r1(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, chunk: int,
                   device: torch.device, mixed_precision: bool) -> float:
-    scores = evaluate_split(method, split, store, words, batch_size, chunk, device, mixed_precision, quiet=True)
-    return summarize(rank_split(scores, split, "t2v", "max-over-captions"))["R1"]
+    final = evaluate_split(method, split, store, words, batch_size, chunk, device, mixed_precision, quiet=True,
+                           directions=("t2v",))[-1]  # the two-stage result for two-stage methods
+    return summarize(rank_split(final.scores["t2v"], split, "t2v", "max-over-captions"))["R1"]
 
 
 def train(method: Method, batches: PairBatches, validation: Split | None, eval_store: FrameStore, words: int,

@@ -48,7 +48,7 @@ def test_results_schema_and_files(two_runs):
     assert results["environment"]["packages"]["torch"]
     table = rows(output)
     assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf",
-                                    "clip4clip-tighttransf", "xpool", "glscl"}
+                                    "clip4clip-tighttransf", "xpool", "glscl", "eercf", "glccl"}
     assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
     assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
     multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]

@@ -32,13 +32,16 @@ def test_shipped_suites_validate(monkeypatch):
     monkeypatch.setenv("CLIP_CHECKPOINT", "/weights/ViT-B-32.pt")
     synthetic = load_suite(REPO / "suites" / "synthetic.yaml")
     assert [m.name for m in synthetic.methods] == ["zeroshot", "clip4clip-meanp", "clip4clip-seqlstm",
-                                                   "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl"]
+                                                   "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl", "eercf",
+                                                   "glccl"]
     assert synthetic.methods[3].params == {"layers": 3, "frame_positions": 77}  # resolved with defaults
     msrvtt = load_suite(REPO / "suites" / "msrvtt.yaml")
     assert msrvtt.benchmark.root == "/data/msrvtt"
     assert msrvtt.backbone.checkpoint == "/weights/ViT-B-32.pt"
     assert msrvtt.protocol.frames == 12 and msrvtt.protocol.words == 32
-    glscl = msrvtt.methods[-1]
+    glscl, eercf, glccl = msrvtt.methods[-3:]
+    assert glccl.name == "glccl" and glccl.params["words"] == 32 and glccl.params["csc_weight"] == 0.5
+    assert eercf.name == "eercf" and eercf.params["frames"] == 12 and eercf.params["candidates"] == 50
     assert glscl.name == "glscl" and glscl.params["temperature"] == 3.0 and glscl.params["beta"] == 0.02
 
 

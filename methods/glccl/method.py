@@ -1,0 +1,98 @@
+"""GLCCL: Global-Local Contrastive Consistency Learning (official code JingXiaolun/GLCCL).
+
+Frames go through CLIP4Clip's seqTransf; the Global-Local Interaction Module aggregates them per text
+and per word (interaction.py); S = (S_vs + S_vw + S_sf + S_fw) / 4 x the logit scale, train and test.
+Loss: symCE(S) + lambda * CSC (score consistency over the four scores); lambda 0.5 per the official
+README, 0.1 being the code's flag default (`csc_weight`).
+
+Cost split: encode_video = backbone + seqTransf; encode_text = backbone (sentence and every word);
+score = everything else, per pair and per word (O(L T D) per pair), chunked over videos so that the
+(texts x videos x words x D) tensor stays under `pair_budget` elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.clip4clip.sequential import run_blocks, text_blocks, text_positions
+from harness.errors import HarnessError
+from harness.method import Features, Method, symmetric_cross_entropy
+from methods.glccl.interaction import four_scores, score_consistency
+
+WORD_MATRICES = ("word_logit_weight", "word_frame_logit_weight", "word_frame_mat_weight", "word_mat_weight",
+                 "word_frame_mat_weight2", "word_mat_weight2")
+EMBED_MATRICES = ("global_mat_weight", "local_mat_weight")
+
+
+@dataclass
+class GLCCLParams:
+    layers: int = 4  # seqTransf blocks, initialised from the backbone's first text blocks
+    frame_positions: int = 77
+    words: int | None = None  # size of the L x L matrices; None: the suite's words
+    csc_weight: float = 0.5  # lambda (official README); the code's flag default is 0.1
+    # Elements of the (texts x videos x words x D) per-word tensor built at once while scoring.
+    pair_budget: int = 1 << 24
+
+
+class GLCCL(Method):
+    """GLCCL: text- and word-guided frame aggregation, four scores averaged, score-consistency loss."""
+
+    name = "glccl"
+    Params = GLCCLParams
+
+    def __init__(self, backbone, params: GLCCLParams):
+        super().__init__(backbone, params)
+        if params.words is None:
+            raise HarnessError("glccl: params.words is unset; it takes the suite's protocol.words when run from a "
+                               "suite, or give it explicitly.")
+        self.resblocks = text_blocks(backbone, params.layers, self.name)
+        self.heads = self.resblocks[0].attn.num_heads
+        self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
+        for name in EMBED_MATRICES:
+            setattr(self, name, nn.Parameter(torch.eye(backbone.embed_dim)))
+        for name in WORD_MATRICES:
+            setattr(self, name, nn.Parameter(torch.eye(params.words)))
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
+        raw = self.backbone.encode_frames(frames)
+        x = raw + self.frame_position_embeddings.weight[: raw.shape[1]]
+        # The aggregation reads every frame (no frame mask, as the official code); padded frames are zeros.
+        return {"frames": run_blocks(self.resblocks, x, frame_mask, self.heads) + raw}
+
+    def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
+        if tokens.shape[1] != self.params.words:
+            raise HarnessError(f"glccl: {tokens.shape[1]} words per caption, but the L x L matrices were built for "
+                               f"words={self.params.words}.")
+        sentence, words = self.backbone.encode_text(tokens)
+        return {"sentence": sentence, "words": words}
+
+    def scores(self, text: Features, video: Features) -> dict[str, Tensor]:
+        """The four (n_t, n_v) scores x the logit scale, chunked over videos."""
+        n_t, length, dim = text["words"].shape
+        n_v = video["frames"].shape[0]
+        block = max(1, self.params.pair_budget // max(1, n_t * length * dim))
+        weights = {name: getattr(self, name) for name in EMBED_MATRICES + WORD_MATRICES}
+        sentence, words = F.normalize(text["sentence"], dim=-1), F.normalize(text["words"], dim=-1)
+        parts = [four_scores(sentence, words, text["sentence"], text["words"], video["frames"][s : s + block], weights)
+                 for s in range(0, n_v, block)]
+        scale = self.backbone.logit_scale.exp()
+        return {name: scale * torch.cat([part[name] for part in parts], dim=1) for name in parts[0]}
+
+    def score(self, text: Features, video: Features) -> Tensor:
+        return torch.stack(list(self.scores(text, video).values())).mean(dim=0)
+
+    def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
+        stacked = torch.stack(list(self.scores(text, video).values()))
+        main = symmetric_cross_entropy(stacked.mean(dim=0))
+        consistency = score_consistency(stacked)
+        return {"total": main + self.params.csc_weight * consistency, "contrastive": main,
+                "score_consistency": consistency}
+
+    def load_official(self, state: dict[str, Tensor], source: str) -> None:
+        from methods.glccl.official import load_official_glccl
+
+        load_official_glccl(self, state, source)

@@ -1,0 +1,118 @@
+"""EERCF: official golden scores, training-mode scores and Pearson terms through the checkpoint import;
+the two-stage ranking against the official rerank rule; the Pearson constraint and the loss by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DATA, load_golden
+from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.errors import CheckpointError
+from harness.evaluate import two_stage_scores
+from methods.eercf import EERCF, EERCFParams
+from methods.eercf.scores import pearson_constraint
+
+GOLDEN = load_golden("eercf_golden.pt")
+OFFICIAL = read_state_dict(DATA / "golden" / "eercf_official_state_dict.pt")
+# On cosines (every official score carries the logit scale, 100.003 here); measured <= 3.1e-7, i.e.
+# <= 3.1e-5 on the scaled scores, whose values reach 34.
+TOLERANCE = 1e-5
+SCORES = ("video", "weak_frame", "strong_frame", "weak_patch", "strong_patch")  # the official order
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory) -> EERCF:
+    path = tmp_path_factory.mktemp("eercf") / "clip.pt"
+    torch.save({k[len("clip."):]: v for k, v in OFFICIAL.items() if k.startswith("clip.")}, path)
+    frames = GOLDEN["video"].shape[1]
+    method = EERCF(Backbone(load_clip("auto", path, GOLDEN["text_ids"].shape[1])),
+                   EERCFParams(frames=frames, frame_positions=OFFICIAL["frame_position_embeddings.weight"].shape[0]))
+    method.load_official(OFFICIAL, "eercf_official_state_dict.pt")
+    return method.eval()
+
+
+@pytest.fixture(scope="module")
+def features(official):
+    with torch.no_grad():
+        return (official.encode_text(GOLDEN["text_ids"], GOLDEN["text_mask"].bool()),
+                official.encode_video(GOLDEN["video"], GOLDEN["video_mask"].bool()))
+
+
+def test_official_import_reproduces_the_five_evaluation_scores(official, features):
+    with torch.no_grad():
+        ours = official.evaluation_scores(*features)
+        scale = official.scale()
+    for name in SCORES:
+        assert ((ours[name] - GOLDEN[f"score_{name}"]) / scale).abs().max() <= TOLERANCE, name
+    assert (official.coarse_score(*features) - GOLDEN["score_video"]).abs().max() / scale <= TOLERANCE
+
+
+def test_training_mode_scores_and_pearson_terms_reproduce_the_official_ones(official, features):
+    with torch.no_grad():
+        logits, pearson = official.training_scores(*features)
+        scale = official.scale()
+    for name, expected in zip(SCORES, GOLDEN["train_logits"]):
+        assert ((logits[name] - expected) / scale).abs().max() <= TOLERANCE, name
+    for name, expected in zip(("video", "frame", "patch"), GOLDEN["train_pearson_terms"]):
+        assert pearson[name].item() == pytest.approx(expected.item(), rel=1e-5), name
+
+
+def official_rule(k: int) -> torch.Tensor:
+    """The released evaluation: per query, the top k videos by score_video get 100 + the rerank mix."""
+    final = GOLDEN["score_video"].clone()
+    rerank = (100 + 0.8 * GOLDEN["score_weak_frame"] + 0.2 * GOLDEN["score_strong_frame"]
+              + 0.2 * GOLDEN["score_weak_patch"] + 0.5 * GOLDEN["score_video"])
+    top = torch.argsort(GOLDEN["score_video"], dim=1)[:, -k:]
+    for q in range(final.shape[0]):
+        final[q, top[q]] = rerank[q, top[q]]
+    return final
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_two_stage_ranking_equals_the_official_rule_for_every_k(official, features, k):
+    text, video = features
+    with torch.no_grad():
+        ours, computed = two_stage_scores(official, text, video, official.coarse_score(text, video), k, "t2v",
+                                          torch.device("cpu"))
+    assert computed == k * 6
+    expected = official_rule(k)
+    assert torch.equal(torch.argsort(ours, dim=1, descending=True), torch.argsort(expected, dim=1, descending=True))
+
+
+def test_pearson_constraint_by_hand():
+    torch.manual_seed(0)
+    a = torch.randn(5, 3)
+    # Standardising with the unbiased std gives C_dd = (B - 1) / B for identical inputs, not 1.
+    assert pearson_constraint(a, a, 0.14, 0.0) == pytest.approx(0.14 * 3 * (1 / 5) ** 2, rel=1e-5)
+    assert pearson_constraint(a, -a, 0.14, 0.0) == pytest.approx(0.14 * 3 * (1 + 4 / 5) ** 2, rel=1e-5)
+    twins = torch.cat([a[:, :1], a[:, :1]], dim=1)  # two identical dimensions: C is all (B - 1) / B
+    assert pearson_constraint(twins, twins, 0.0, 1.0) == pytest.approx(2 * (4 / 5) ** 2, rel=1e-5)
+
+
+def test_loss_combines_the_official_weights(official, features):
+    with torch.no_grad():
+        terms = official.loss(*features)
+        logits, pearson = official.training_scores(*features)
+    weak = torch.nn.functional.cross_entropy  # symmetric cross-entropy by hand
+    target = torch.arange(6)
+
+    def sym(x):
+        return 0.5 * (weak(x, target) + weak(x.t(), target))
+
+    expected_weak = sym(0.5 * logits["video"] + 0.5 * logits["weak_frame"] + 0.05 * logits["weak_patch"])
+    expected_strong = sym(logits["strong_frame"])
+    expected_pearson = pearson["video"] + pearson["frame"]
+    assert terms["weak"] == pytest.approx(expected_weak.item(), rel=1e-6)
+    assert terms["strong"] == pytest.approx(expected_strong.item(), rel=1e-6)
+    assert terms["pearson"] == pytest.approx(expected_pearson.item(), rel=1e-6)
+    assert terms["total"] == pytest.approx((0.8 * expected_weak + 0.2 * expected_strong
+                                            + 0.001 * expected_pearson).item(), rel=1e-6)
+
+
+def test_import_rejects_unknown_and_missing_keys(official):
+    with pytest.raises(CheckpointError, match="cross.pooler"):
+        official.load_official({**OFFICIAL, "cross.pooler.dense.weight": torch.zeros(1)}, "ckpt.bin")
+    with pytest.raises(CheckpointError, match="global_mat_weight"):
+        official.load_official({k: v for k, v in OFFICIAL.items() if k != "global_mat_weight"}, "ckpt.bin")
+    official.load_official(OFFICIAL, "ckpt.bin")
