@@ -10,12 +10,39 @@ import os
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from harness import registry
 from harness.backbone import load_weights_strictly, read_state_dict
-from harness.errors import SuiteError
+from harness.errors import CheckpointError, SuiteError
 from harness.method import Method
 from harness.suite import Suite, method_params
+
+
+def load_official_mapped(method: Method, state: dict[str, Tensor], key_map: dict[str, str], source: str,
+                         skip: tuple[str, ...] = ()) -> None:
+    """The shared shape of every official import: `clip.*` (OpenAI layout) to the backbone, every other
+    key renamed by the first matching prefix of `key_map` or skipped on purpose when it starts with one
+    of `skip`; unknown keys, missing keys and shape mismatches are one error naming them."""
+    if any(key.startswith("module.") for key in state):
+        raise CheckpointError(f"{source}: keys start with 'module.' (a DistributedDataParallel wrapper); strip the "
+                              "prefix or save model.module.state_dict() as the official code does.")
+    method.backbone.load_prefixed(state, "clip.", source)
+    head, unknown = {}, []
+    for key, value in state.items():
+        if key.startswith("clip.") or (skip and key.startswith(skip)):
+            continue
+        for old, new in key_map.items():
+            if key.startswith(old):
+                head[new + key[len(old):]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{source}: keys unknown to {method.name}: {', '.join(sorted(unknown)[:8])}"
+                              f"{' ...' if len(unknown) > 8 else ''}.")
+    backbone = {k: v for k, v in method.state_dict().items() if k.startswith("backbone.")}
+    load_weights_strictly(method, {**backbone, **head}, f"{source} (head)")
 
 
 def load_checkpoint(method: Method, path: str | Path, checkpoint_format: str) -> None:

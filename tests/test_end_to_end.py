@@ -72,6 +72,19 @@ def test_glscl_logs_every_loss_term_and_records_its_protocol(two_runs):
     assert entry["params"]["temperature"] == 3.0 and entry["benchmark_defaults"] == {}
 
 
+def test_eercf_reports_its_coarse_stage_and_two_stage_with_fine_score_counts(two_runs):
+    table = rows(two_runs[0])
+    assert set(table[table["method"] != "eercf"]["stage"]) == {"single"}
+    eercf = table[table["method"] == "eercf"]
+    assert sorted(eercf["stage"]) == ["coarse"] * 4 + ["two-stage"] * 4
+    two_stage = eercf[eercf["stage"] == "two-stage"]
+    assert (two_stage["candidates"] == 50).all()
+    assert (two_stage["fine_scores"] == 50 * two_stage["queries"]).all()  # k per query, not the whole gallery
+    assert (two_stage["fine_scores"] < two_stage["all_pairs"]).all()
+    history = json.loads((two_runs[0] / "results.json").read_text())["methods"]["glccl"]["training"]["history"]
+    assert all(math.isfinite(epoch["loss_score_consistency"]) for epoch in history)
+
+
 def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
     table = rows(two_runs[0]).set_index(["method", "split", "direction"])
     chance = 100 / 250

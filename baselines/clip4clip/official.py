@@ -15,8 +15,7 @@ from torch import Tensor
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
 from baselines.clip4clip.tight import TightTransf
-from harness.backbone import load_weights_strictly
-from harness.errors import CheckpointError
+from harness.checkpoints import load_official_mapped
 
 UNUSED_BY = {MeanP: ("frame_position_embeddings.weight",), SeqLSTM: ("frame_position_embeddings.weight",)}
 HEAD_PREFIXES = {SeqLSTM: {"lstm_visual.": "lstm_visual."},
@@ -26,20 +25,5 @@ HEAD_PREFIXES = {SeqLSTM: {"lstm_visual.": "lstm_visual."},
 
 
 def load_official_clip4clip(method: MeanP, state: dict[str, Tensor], source: str = "CLIP4Clip checkpoint") -> None:
-    method.backbone.load_prefixed(state, "clip.", source)
-    skipped = UNUSED_BY.get(type(method), ())
-    prefixes = HEAD_PREFIXES.get(type(method), {})
-    head, unknown = {}, []
-    for key, value in state.items():
-        if key.startswith("clip.") or key in skipped:
-            continue
-        for old, new in prefixes.items():
-            if key.startswith(old):
-                head[new + key[len(old):]] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise CheckpointError(f"{source}: keys unknown to {method.name}: {', '.join(sorted(unknown)[:8])}.")
-    backbone = {k: v for k, v in method.state_dict().items() if k.startswith("backbone.")}
-    load_weights_strictly(method, {**backbone, **head}, f"{source} (head)")
+    load_official_mapped(method, state, HEAD_PREFIXES.get(type(method), {}), source,
+                         skip=UNUSED_BY.get(type(method), ()))
