@@ -187,13 +187,13 @@ class Backbone(nn.Module):
         patches = tokens @ visual.proj
         return pooled.view(batch, length, -1), patches.view(batch, length, patches.shape[1], -1)
 
-    def encode_text(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """tokens (B, L) -> t (B, D) at the EOT (largest id) and W (B, L, D) at every position.
+    def text_states(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> Tensor:
+        """tokens (B, L) -> the final text transformer states (B, L, width).
 
         CLIP's encoder is causal only. With `mask_padding_keys` (B, L) bool, padded positions are also
         masked as keys (the DiCoSA/GLSCL text encoder): the states at padded positions then attend to the
-        real tokens only. t and the real positions' states are unchanged (causality already hides the
-        padding from them)."""
+        real tokens only. The real positions' states are unchanged (causality already hides the padding
+        from them)."""
         clip = self.clip
         length = tokens.shape[1]
         x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
@@ -202,8 +202,19 @@ class Backbone(nn.Module):
             heads = clip.transformer.resblocks[0].attn.num_heads
             mask = mask.expand(tokens.shape[0], -1, -1).masked_fill(~mask_padding_keys[:, None, :], -torch.inf)
             mask = mask.repeat_interleave(heads, dim=0)  # (B * heads, L, L), batch-major as torch expects
-        x = clip.transformer(x, attn_mask=mask)
-        words = clip.ln_final(x) @ clip.text_projection
+        return clip.transformer(x, attn_mask=mask)
+
+    def encode_sentence(self, tokens: Tensor) -> Tensor:
+        """tokens (B, L) -> t (B, D): the EOT (largest id) state through ln_final and text_projection; only
+        that position is projected (heads that need no word features pay for no more)."""
+        states = self.text_states(tokens)
+        eot = states[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
+        return self.clip.ln_final(eot) @ self.clip.text_projection
+
+    def encode_text(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens (B, L) -> t (B, D) at the EOT and W (B, L, D) at every position (see text_states for
+        `mask_padding_keys`)."""
+        words = self.clip.ln_final(self.text_states(tokens, mask_padding_keys)) @ self.clip.text_projection
         sentence = words[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
         return sentence, words
 

@@ -32,6 +32,23 @@ def _import_checkpoint(args: argparse.Namespace) -> None:
           "checkpoint_format: harness}")
 
 
+def _cost(args: argparse.Namespace) -> None:
+    import json
+
+    from harness.cost.report import cost_table, suite_cost
+    from harness.results import atomic_write
+    from harness.run import select_device
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    cost = suite_cost(suite, select_device(suite.device), timing=not args.no_timing,
+                      log=(lambda *_: None) if args.quiet else print)
+    print(cost_table(cost))
+    if args.output:
+        atomic_write(Path(args.output), json.dumps(cost, indent=2) + "\n")
+        print(f"cost: {args.output}")
+
+
 def _list(args: argparse.Namespace) -> None:
     from harness import registry
 
@@ -60,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--cache-dir", help="override the suite's cache_dir")
     convert.add_argument("--quiet", action="store_true")
     convert.set_defaults(handler=_import_checkpoint)
+    cost = commands.add_parser("cost", help="MACs per stage and wall-clock time of every method of a suite (no data "
+                                            "or training needed)")
+    cost.add_argument("suite", help="suite YAML file")
+    cost.add_argument("--output", help="write the cost record (JSON) here")
+    cost.add_argument("--no-timing", action="store_true", help="count MACs only")
+    cost.add_argument("--quiet", action="store_true")
+    cost.set_defaults(handler=_cost)
     listing = commands.add_parser("list", help="methods and benchmarks available (built-in and plugins)")
     listing.set_defaults(handler=_list)
     return main

@@ -27,6 +27,8 @@ class Method(nn.Module):
     # Official hyper-parameters that differ by benchmark: {benchmark name: {param: value}}. The suite
     # applies them under its own params; the resolved values are stored with every result.
     benchmark_defaults: ClassVar[dict[str, dict]] = {}
+    # The method's name in the published tables (reported.csv), where it appears there.
+    reported_as: ClassVar[str | None] = None
 
     def __init__(self, backbone: Backbone, params: object):
         super().__init__()

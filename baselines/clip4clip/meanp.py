@@ -30,7 +30,7 @@ class MeanP(Method):
         return {"video": mean_pooled_video(self.backbone.encode_frames(frames), frame_mask)}
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
-        sentence, _ = self.backbone.encode_text(tokens)
+        sentence = self.backbone.encode_sentence(tokens)
         return {"text": F.normalize(sentence, dim=-1)}
 
     def score(self, text: Features, video: Features) -> Tensor:

@@ -98,6 +98,7 @@ class SeqTransf(MeanP):
     """CLIP4Clip seqTransf: a CLIP transformer over frames with position embeddings, residual, meanP."""
 
     name = "clip4clip-seqtransf"
+    reported_as = "CLIP4Clip"
     Params = SeqTransfParams
 
     def __init__(self, backbone, params: SeqTransfParams):

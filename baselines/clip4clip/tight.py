@@ -55,7 +55,7 @@ class TightTransf(MeanP):
         return {"frames": self.backbone.encode_frames(frames), "frame_mask": frame_mask}
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
-        sentence, _ = self.backbone.encode_text(tokens)
+        sentence = self.backbone.encode_sentence(tokens)
         return {"text": sentence}
 
     def cross(self, text: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:

@@ -81,6 +81,7 @@ class XPool(Method):
     """X-Pool: cross-modal attention pooling of frames conditioned on the query text."""
 
     name = "xpool"
+    reported_as = "X-Pool"
     Params = XPoolParams
 
     def __init__(self, backbone, params: XPoolParams):
@@ -91,8 +92,7 @@ class XPool(Method):
         return {"frames": self.backbone.encode_frames(frames), "frame_mask": frame_mask}
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
-        sentence, _ = self.backbone.encode_text(tokens)
-        return {"text": sentence}
+        return {"text": self.backbone.encode_sentence(tokens)}
 
     def pooled(self, text: Features, video: Features) -> Tensor:
         """(n_v, n_t, D): every video pooled for every text (the official `pool_frames` output)."""

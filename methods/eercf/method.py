@@ -91,7 +91,7 @@ class EERCF(Method):
         }
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
-        sentence = F.normalize(self.backbone.encode_text(tokens)[0], dim=-1)
+        sentence = F.normalize(self.backbone.encode_sentence(tokens), dim=-1)
         return {"text": sentence, "text_global": sentence @ self.global_mat_weight}
 
     def scale(self) -> Tensor:

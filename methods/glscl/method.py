@@ -61,6 +61,7 @@ class GLSCL(Method):
     """GLSCL: seqTransf frames, a parameter-free global module and a shared-query local module."""
 
     name = "glscl"
+    reported_as = "GLSCL"
     Params = GLSCLParams
     # The official run scripts' values where they differ from MSR-VTT's (the Params defaults). VATEX has
     # no official script: it keeps the MSR-VTT values.

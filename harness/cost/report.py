@@ -1,0 +1,93 @@
+"""`harness cost SUITE`: every method's cost under the suite's protocol, beside the reported figures.
+
+Cost depends on shapes, not values: the backbone is built with the suite's architecture and random
+weights, and the inputs are random pixels and tokens of the protocol's sizes. No data, no checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import pandas as pd
+import torch
+
+from harness import registry
+from harness.backbone import Backbone, build_clip, read_state_dict, shape_from_state_dict
+from harness.cost.model import GALLERIES, MATRIX_1KA, method_cost
+from harness.cost.timing import time_method
+from harness.errors import DataError
+from harness.results import environment
+from harness.suite import Suite
+from harness.synthetic_backbone import small_shape
+
+REPORTED = "reported.csv"  # published numbers, with GLSCL Table I's "head FLOPs" (G) per method
+
+
+def shape_backbone(suite: Suite) -> Backbone:
+    """The suite's backbone architecture with random weights (counting needs shapes only)."""
+    spec, words = suite.backbone, suite.protocol.words
+    torch.manual_seed(0)
+    if spec.arch == "synthetic-small":
+        return Backbone(build_clip(small_shape(), words, spec.quick_gelu))
+    if spec.arch == "auto":
+        if spec.checkpoint is None or not Path(spec.checkpoint).is_file():
+            raise DataError(f"{suite.source}: backbone.arch 'auto' takes its shapes from the checkpoint, which is not "
+                            "there; name the open_clip architecture (e.g. ViT-B-32) to count without it.")
+        return Backbone(build_clip(shape_from_state_dict(read_state_dict(spec.checkpoint)), words, spec.quick_gelu))
+    clip = open_clip.create_model(spec.arch, pretrained=None, force_context_length=words,
+                                  force_quick_gelu=spec.quick_gelu, precision="fp32")
+    return Backbone(clip)
+
+
+def reported_head_flops() -> dict[str, float]:
+    """{reported method name: head FLOPs in G} from the packaged reported.csv (MSR-VTT 1k-A rows)."""
+    text = resources.files("harness.cost").joinpath(REPORTED).read_text()
+    return {row["method"]: float(row["head_flops_g"]) for row in csv.DictReader(text.splitlines())
+            if row["head_flops_g"] and row["dataset"] == "msrvtt-1kA"}
+
+
+def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=print) -> dict:
+    protocol = suite.protocol
+    backbone = shape_backbone(suite)
+    size = protocol.image_size or backbone.image_size
+    reported = reported_head_flops()
+    methods = {}
+    for spec in suite.methods:
+        cls = registry.methods()[spec.name]
+        method = cls(copy.deepcopy(backbone), cls.Params(**spec.params))
+        log(f"counting {spec.name} ...")
+        cost = method_cost(method, protocol.frames, protocol.words, size)
+        record = cost.to_dict(gallery=MATRIX_1KA)
+        record["reported_head_flops_g"] = reported.get(cls.reported_as) if cls.reported_as else None
+        if timing:
+            times = time_method(method, protocol.frames, protocol.words, size, device, cost.score.per_pair)
+            record["timing"] = {stage: asdict(t) for stage, t in times.items()}
+        methods[spec.name] = record
+    return {"protocol": {"frames": protocol.frames, "words": protocol.words, "image_size": size,
+                         "arch": suite.backbone.arch, "weights": "random (cost depends on shapes only)",
+                         "unit": "MACs (1 per multiply-add); FLOPs = 2 x MACs",
+                         "similarity_matrix": f"{MATRIX_1KA} x {MATRIX_1KA} score stage (GLSCL Table I reading)",
+                         "galleries": [MATRIX_1KA, *GALLERIES]},
+            "environment": environment(device), "methods": methods}
+
+
+def cost_table(cost: dict, baseline: str = "clip4clip-meanp") -> str:
+    rows = []
+    base = cost["methods"].get(baseline, {}).get("timing")
+    for name, record in cost["methods"].items():
+        row = {"method": name, "video GMAC": record["per_video"] / 1e9, "query GMAC": record["per_query"] / 1e9,
+               "pair MMAC": record["score"]["per_pair"] / 1e6,
+               "1k-A matrix GMAC": record["similarity_matrix_1kA"] / 1e9,
+               "reported head G": record["reported_head_flops_g"]}
+        for n, macs in record["online_per_query"].items():
+            row[f"query vs {int(n):.0e} GMAC"] = macs / 1e9
+        if record.get("timing") and base:
+            for stage in ("per_video", "per_query", "per_pair"):
+                row[f"{stage} time x meanP"] = record["timing"][stage]["median_s"] / base[stage]["median_s"]
+        rows.append(row)
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}")
