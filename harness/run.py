@@ -14,6 +14,8 @@ import yaml
 from harness import registry
 from harness.backbone import Backbone, load_clip
 from harness.checkpoints import load_checkpoint
+from harness.cost.model import method_cost
+from harness.cost.timing import time_method
 from harness.data.benchmark import Split, check_videos
 from harness.data.frames import FrameStore
 from harness.errors import DataError
@@ -168,6 +170,10 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                                         evaluation.score_chunk, device, training.mixed_precision, quiet,
                                         tuple(evaluation.directions)):
                 results["rows"] += stage_rows(run_dir, suite, spec.name, split, stage, method.candidates())
+        entry["cost"] = method_cost(method, protocol.frames, protocol.words, size).to_dict(
+            gallery=max(len(s.videos) for s in test_splits))
+        entry["cost"]["timing"] = {stage: asdict(t) for stage, t in time_method(
+            method, protocol.frames, protocol.words, size, device, entry["cost"]["score"]["per_pair"], repeats=3).items()}
         results["methods"][spec.name] = entry
         results["wall_seconds"] = round(time.perf_counter() - clock, 1)
         write_results(run_dir, results)  # after every method: finished work is never lost

@@ -85,6 +85,16 @@ def test_eercf_reports_its_coarse_stage_and_two_stage_with_fine_score_counts(two
     assert all(math.isfinite(epoch["loss_score_consistency"]) for epoch in history)
 
 
+def test_every_method_records_its_cost(two_runs):
+    methods = json.loads((two_runs[0] / "results.json").read_text())["methods"]
+    for name, entry in methods.items():
+        cost = entry["cost"]
+        assert cost["counter"].startswith("fvcore") and cost["per_video"] > cost["per_query"] > 0, name
+        assert cost["timing"]["per_pair"]["median_s"] > 0, name
+    assert methods["clip4clip-meanp"]["cost"]["score"]["per_pair"] == 64  # D multiply-adds per pair
+    assert methods["eercf"]["cost"]["online_per_query"]["1000000"] < methods["glscl"]["cost"]["online_per_query"]["1000000"]
+
+
 def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
     table = rows(two_runs[0]).set_index(["method", "split", "direction"])
     chance = 100 / 250

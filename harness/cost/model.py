@@ -110,7 +110,8 @@ def dummy_inputs(frames: int, words: int, image_size: int, count: int = 2) -> tu
 
 def method_cost(method: Method, frames: int, words: int, image_size: int) -> MethodCost:
     method.eval()
-    pixels, frame_mask, tokens, token_mask = dummy_inputs(frames, words, image_size)
+    device = next(method.parameters()).device
+    pixels, frame_mask, tokens, token_mask = (x.to(device) for x in dummy_inputs(frames, words, image_size))
     video = count_macs(lambda p, m: first(method.encode_video(p, m)), (pixels[:1], frame_mask[:1]), method,
                        f"{method.name} encode_video")
     query = count_macs(lambda t, m: first(method.encode_text(t, m)), (tokens[:1], token_mask[:1]), method,
