@@ -93,7 +93,10 @@ def score_cost(method: Method, score_fn, text: Features, video: Features, what: 
         c = {key: getattr(count, field) for key, count in counts.items()}
         pair = c[2, 2] - c[2, 1] - c[1, 2] + c[1, 1]
         per_text, per_video = c[2, 1] - c[1, 1] - pair, c[1, 2] - c[1, 1] - pair
-        splits.append(ScoreCost(pair, per_text, per_video, c[1, 1] - per_text - per_video - pair))
+        fixed = c[1, 1] - per_text - per_video - pair
+        # fvcore floors the halved count of an element-wise einsum, so a split can come out a few hundred
+        # MACs below zero where the true part is zero: such parts are reported as zero.
+        splits.append(ScoreCost(pair, *(max(0.0, part) for part in (per_text, per_video, fixed))))
     return splits[0], splits[1]
 
 
