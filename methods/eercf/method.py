@@ -150,7 +150,8 @@ class EERCF(Method):
 
     def protocol(self) -> dict[str, str]:
         return {"retrieval": f"two-stage: coarse s_v over the gallery, fine score on the top {self.params.candidates} "
-                             "per query (in both directions)"}
+                             "per query, in both directions (the released code reranks per text query and ranks v2t "
+                             "on that matrix transposed)"}
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
         from methods.eercf.official import load_official_eercf
