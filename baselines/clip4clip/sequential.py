@@ -21,9 +21,10 @@ from harness.errors import HarnessError
 from harness.method import Features
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor, heads: int) -> Tensor:
+def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor) -> Tensor:
     """CLIP residual-attention blocks over x (B, L, D); positions where mask (B, L) is false are masked
     as keys with -1e6, as the official code does."""
+    heads = blocks[0].attn.num_heads
     length = x.shape[1]
     key_mask = (1.0 - mask.to(x.dtype)).unsqueeze(1).expand(-1, length, -1) * -1e6
     attn_mask = key_mask.repeat_interleave(heads, dim=0)  # (B * heads, L, L), batch-major as torch expects
@@ -50,6 +51,16 @@ def text_blocks(backbone, layers: int, method: str) -> nn.ModuleList:
         if isinstance(module, nn.LayerNorm):
             module.eps = OFFICIAL_HEAD_LAYER_NORM_EPS
     return copies
+
+
+def temporal_transformer(blocks: nn.ModuleList, positions: nn.Embedding, features: Tensor, frame_mask: Tensor,
+                         method: str) -> Tensor:
+    """seqTransf (CLIP4Clip, and the frame stage of GLSCL, EERCF and GLCCL): F' = Transformer(F + P_pos) + F,
+    padded frames masked as keys."""
+    if features.shape[1] > positions.num_embeddings:
+        raise HarnessError(f"{method}: {features.shape[1]} frames, but frame_positions={positions.num_embeddings}.")
+    x = features + positions.weight[: features.shape[1]]
+    return run_blocks(blocks, x, frame_mask) + features
 
 
 def text_positions(backbone, rows: int) -> nn.Embedding:
@@ -104,14 +115,9 @@ class SeqTransf(MeanP):
     def __init__(self, backbone, params: SeqTransfParams):
         super().__init__(backbone, params)
         self.resblocks = text_blocks(backbone, params.layers, self.name)
-        self.heads = self.resblocks[0].attn.num_heads
         self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
 
-    def temporal(self, features: Tensor, frame_mask: Tensor) -> Tensor:
-        """F' = Transformer(F + P_pos) + F, padded frames masked as keys."""
-        x = features + self.frame_position_embeddings.weight[: features.shape[1]]
-        return run_blocks(self.resblocks, x, frame_mask, self.heads) + features
-
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
-        features = self.backbone.encode_frames(frames)
-        return {"video": mean_pooled_video(self.temporal(features, frame_mask), frame_mask)}
+        temporal = temporal_transformer(self.resblocks, self.frame_position_embeddings,
+                                        self.backbone.encode_frames(frames), frame_mask, self.name)
+        return {"video": mean_pooled_video(temporal, frame_mask)}

@@ -41,7 +41,6 @@ class TightTransf(MeanP):
         super().__init__(backbone, params)
         dim = backbone.embed_dim
         self.resblocks = text_blocks(backbone, params.layers, self.name)
-        self.heads = self.resblocks[0].attn.num_heads
         self.position_embeddings = text_positions(backbone, params.positions)
         self.dropout = nn.Dropout(params.dropout)
         self.ln_pool = nn.LayerNorm(dim, eps=OFFICIAL_HEAD_LAYER_NORM_EPS)
@@ -63,7 +62,7 @@ class TightTransf(MeanP):
         x = torch.cat([text.unsqueeze(1), frames], dim=1)
         x = self.dropout(x + self.position_embeddings.weight[: x.shape[1]])
         mask = torch.cat([torch.ones_like(frame_mask[:, :1]), frame_mask], dim=1)
-        hidden = run_blocks(self.resblocks, x, mask, self.heads)
+        hidden = run_blocks(self.resblocks, x, mask)
         pooled = self.dense(self.ln_pool(hidden)[:, 0])
         pooled = pooled * torch.sigmoid(1.702 * pooled)  # QuickGELU
         return self.similarity_dense(pooled).squeeze(-1)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.clip4clip.sequential import run_blocks, text_blocks, text_positions
+from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
 from harness.method import Features, Method, masked_mean, symmetric_cross_entropy
 from methods.eercf import scores
@@ -68,7 +68,6 @@ class EERCF(Method):
             raise HarnessError(f"eercf: candidates={params.candidates}; give at least 1.")
         dim = backbone.embed_dim
         self.resblocks = text_blocks(backbone, params.layers, self.name)
-        self.heads = self.resblocks[0].attn.num_heads
         self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
         self.global_mat_weight = nn.Parameter(torch.eye(dim))
         self.frame_logit_weight = nn.Parameter(torch.eye(params.frames))
@@ -81,8 +80,8 @@ class EERCF(Method):
             raise HarnessError(f"eercf: {frames.shape[1]} frames per video, but the weak frame score was built "
                                f"for frames={self.params.frames}.")
         raw, patches = self.backbone.encode_frames_and_patches(frames)
-        x = raw + self.frame_position_embeddings.weight[: raw.shape[1]]
-        temporal = F.normalize(run_blocks(self.resblocks, x, frame_mask, self.heads) + raw, dim=-1)
+        temporal = F.normalize(temporal_transformer(self.resblocks, self.frame_position_embeddings, raw, frame_mask,
+                                                    self.name), dim=-1)
         return {
             "video": F.normalize(masked_mean(temporal, frame_mask), dim=-1),  # coarse, indexable
             "frames": F.normalize(raw, dim=-1),

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.clip4clip.sequential import run_blocks, text_blocks, text_positions
+from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
 from harness.method import Features, Method, symmetric_cross_entropy
 from methods.glccl.interaction import four_scores, score_consistency
@@ -50,7 +50,6 @@ class GLCCL(Method):
             raise HarnessError("glccl: params.words is unset; it takes the suite's protocol.words when run from a "
                                "suite, or give it explicitly.")
         self.resblocks = text_blocks(backbone, params.layers, self.name)
-        self.heads = self.resblocks[0].attn.num_heads
         self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
         for name in EMBED_MATRICES:
             setattr(self, name, nn.Parameter(torch.eye(backbone.embed_dim)))
@@ -58,10 +57,9 @@ class GLCCL(Method):
             setattr(self, name, nn.Parameter(torch.eye(params.words)))
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
-        raw = self.backbone.encode_frames(frames)
-        x = raw + self.frame_position_embeddings.weight[: raw.shape[1]]
         # The aggregation reads every frame (no frame mask, as the official code); padded frames are zeros.
-        return {"frames": run_blocks(self.resblocks, x, frame_mask, self.heads) + raw}
+        return {"frames": temporal_transformer(self.resblocks, self.frame_position_embeddings,
+                                               self.backbone.encode_frames(frames), frame_mask, self.name)}
 
     def encode_text(self, tokens: Tensor, token_mask: Tensor) -> Features:
         if tokens.shape[1] != self.params.words:

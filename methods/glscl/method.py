@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from baselines.clip4clip.sequential import run_blocks, text_blocks, text_positions
+from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
 from harness.method import Features, Method, symmetric_cross_entropy
 from methods.glscl.interaction import LocalInteraction, global_scores, local_scores
@@ -80,23 +80,15 @@ class GLSCL(Method):
             raise HarnessError(f"glscl: the embedding width {backbone.embed_dim} is not divisible by "
                                f"decoder_heads={params.decoder_heads}.")
         self.resblocks = text_blocks(backbone, params.layers, self.name)
-        self.heads = self.resblocks[0].attn.num_heads
         self.frame_position_embeddings = text_positions(backbone, params.frame_positions)
         self.local = LocalInteraction(backbone.embed_dim, params.queries, params.decoder_layers,
                                       params.decoder_heads, params.decoder_feedforward, params.decoder_dropout)
         if params.freeze_patch_embedding:
             backbone.clip.visual.conv1.weight.requires_grad_(False)
 
-    def temporal(self, features: Tensor, frame_mask: Tensor) -> Tensor:
-        """seqTransf: F' = Transformer(F + P_pos) + F, padded frames masked as keys."""
-        if features.shape[1] > self.frame_position_embeddings.num_embeddings:
-            raise HarnessError(f"glscl: {features.shape[1]} frames, but frame_positions="
-                               f"{self.frame_position_embeddings.num_embeddings}.")
-        x = features + self.frame_position_embeddings.weight[: features.shape[1]]
-        return run_blocks(self.resblocks, x, frame_mask, self.heads) + features
-
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
-        temporal = self.temporal(self.backbone.encode_frames(frames), frame_mask)
+        temporal = temporal_transformer(self.resblocks, self.frame_position_embeddings,
+                                        self.backbone.encode_frames(frames), frame_mask, self.name)
         # The official decoder reads every frame, padded ones included (no memory mask).
         return {"frames": temporal, "frame_mask": frame_mask, "queries": self.local(temporal)}
 

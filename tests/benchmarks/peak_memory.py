@@ -35,3 +35,24 @@ def peak_memory_mib(setup: str, statement: str) -> dict:
     script = setup + MEASURE.format(statement=statement)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def benchmark_scoring(benchmark, setup: str, size: int) -> float:
+    """Time `method.score(text, video)` as `setup` defines them (one pytest-benchmark round), check the
+    (size, size) result, and return the peak memory of the same scoring in a fresh process (MiB)."""
+    import torch
+
+    namespace: dict = {}
+    exec(setup, namespace)
+    method, text, video = namespace["method"], namespace["text"], namespace["video"]
+
+    def score():
+        with torch.no_grad():
+            return method.score(text, video)
+
+    scores = benchmark.pedantic(score, rounds=1, iterations=1)
+    assert scores.shape == (size, size) and torch.isfinite(scores).all()
+    report = peak_memory_mib(setup, "with torch.no_grad():\n        report['shape'] = list(method.score(text, video).shape)")
+    assert report["shape"] == [size, size]
+    benchmark.extra_info["peak_scoring_memory_mib"] = round(report["peak_mib"], 1)
+    return report["peak_mib"]

@@ -8,8 +8,7 @@ local module's K x D query dot products; the (texts x videos x D) pooled tensor 
 from __future__ import annotations
 
 import pytest
-import torch
-from peak_memory import peak_memory_mib
+from peak_memory import benchmark_scoring
 
 N, FRAMES, DIM, QUERIES = 1000, 12, 512, 8
 BUDGET = 1 << 24  # pooled-tensor elements at once: 64 MiB in fp32
@@ -30,18 +29,6 @@ video = {{"frames": torch.randn({N}, {FRAMES}, {DIM}), "frame_mask": torch.ones(
 
 @pytest.mark.slow
 def test_glscl_1000_by_1000_gallery(benchmark):
-    namespace: dict = {}
-    exec(SETUP, namespace)
-    method, text, video = namespace["method"], namespace["text"], namespace["video"]
-
-    def score():
-        with torch.no_grad():
-            return method.score(text, video)
-
-    scores = benchmark.pedantic(score, rounds=1, iterations=1)
-    assert scores.shape == (N, N) and torch.isfinite(scores).all()
-    report = peak_memory_mib(SETUP, "with torch.no_grad():\n        report['shape'] = list(method.score(text, video).shape)")
-    assert report["shape"] == [N, N]
-    benchmark.extra_info["peak_scoring_memory_mib"] = round(report["peak_mib"], 1)
+    peak = benchmark_scoring(benchmark, SETUP, N)
     # Unchunked, the pooled tensor alone would be N * N * DIM * 4 bytes = 1953 MiB.
-    assert report["peak_mib"] < 1953 / 4
+    assert peak < 1953 / 4

@@ -7,8 +7,7 @@ memory: peak_memory.py (a child process's resident high-water mark while scoring
 from __future__ import annotations
 
 import pytest
-import torch
-from peak_memory import peak_memory_mib
+from peak_memory import benchmark_scoring
 
 N, FRAMES, DIM = 1000, 12, 512
 BUDGET = 1 << 24  # pooled-tensor elements at once: 64 MiB in fp32 (the official code: 2 GiB)
@@ -27,19 +26,6 @@ video = {{"frames": torch.randn({N}, {FRAMES}, {DIM}), "frame_mask": torch.ones(
 
 @pytest.mark.slow
 def test_xpool_1000_by_1000_gallery(benchmark):
-    namespace: dict = {}
-    exec(SETUP, namespace)
-    method, text, video = namespace["method"], namespace["text"], namespace["video"]
-
-    def score():
-        with torch.no_grad():
-            return method.score(text, video)
-
-    scores = benchmark.pedantic(score, rounds=1, iterations=1)
-    assert scores.shape == (N, N) and torch.isfinite(scores).all()
-    report = peak_memory_mib(SETUP, "with torch.no_grad():\n        report['shape'] = list(method.score(text, video).shape)")
-    assert report["shape"] == [N, N]
-    peak = report["peak_mib"]
-    benchmark.extra_info["peak_scoring_memory_mib"] = round(peak, 1)
+    peak = benchmark_scoring(benchmark, SETUP, N)
     # The official code's single pooled tensor alone would be N * N * DIM * 4 bytes = 1953 MiB.
     assert peak < 1953 / 4
