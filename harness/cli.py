@@ -49,6 +49,25 @@ def _cost(args: argparse.Namespace) -> None:
         print(f"cost: {args.output}")
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from harness.data.check import check_data, coverage_table, problems, write_report
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.cache_dir:
+        suite.cache_dir = args.cache_dir
+    report = check_data(suite, args.workers, args.quiet)
+    print(coverage_table(report))
+    for name, digest in report["annotations"].items():
+        print(f"  {name}  {digest}")
+    summary, offending = write_report(report, Path(args.output or Path("runs") / suite.name / "data-check"))
+    count = problems(report)
+    if count:
+        print(f"{count} video(s) missing or unreadable: ids in {offending}")
+    print(f"report: {summary}")
+    return 1 if count else 0
+
+
 def _list(args: argparse.Namespace) -> None:
     from harness import registry
 
@@ -84,6 +103,16 @@ def parser() -> argparse.ArgumentParser:
     cost.add_argument("--no-timing", action="store_true", help="count MACs only")
     cost.add_argument("--quiet", action="store_true")
     cost.set_defaults(handler=_cost)
+    data = commands.add_parser("data", help="check a suite's data on disk")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="read the annotations, find and decode every video, print the "
+                                                   "coverage per split; exit 1 if any video is missing or unreadable")
+    check.add_argument("suite", help="suite YAML file")
+    check.add_argument("--output", help="report folder (default: runs/<suite>/data-check)")
+    check.add_argument("--workers", type=int, help="parallel decoders (default: CPU count, at most 8)")
+    check.add_argument("--cache-dir", help="override the suite's cache_dir (the frames decoded are cached there)")
+    check.add_argument("--quiet", action="store_true", help="no progress bars")
+    check.set_defaults(handler=_data_check)
     listing = commands.add_parser("list", help="methods and benchmarks available (built-in and plugins)")
     listing.set_defaults(handler=_list)
     return main
@@ -92,11 +121,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from harness.backbone import Backbone, load_clip
 from harness.checkpoints import load_checkpoint
 from harness.cost.model import method_cost
 from harness.cost.timing import time_method
-from harness.data.benchmark import Split, check_videos
+from harness.data.benchmark import Split, check_videos, drop_videos
 from harness.data.frames import FrameStore
 from harness.errors import DataError
 from harness.evaluate import StageScores, evaluate_split, rank_split
@@ -63,6 +63,11 @@ def carve_validation(train_split: Split, count: int, seed: int) -> tuple[Split, 
     return train_split.subset(train_split.name, keep), validation
 
 
+def decode_split(store: FrameStore, split: Split, allow_partial: bool) -> Split:
+    failed = store.prepare(split.videos, f"decoding {split.name} videos")
+    return drop_videos(split, failed, "unreadable", allow_partial)
+
+
 def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageScores, k: int | None) -> list[dict]:
     """One result row per direction of one retrieval stage, with its per-query ranks written out."""
     protocol, rows = suite.protocol, []
@@ -106,15 +111,23 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                 raise DataError("benchmark.train_split: a trainable method is listed but no training split is given.")
             train_split = check_videos(benchmark.load_split(suite.benchmark.train_split),
                                        suite.benchmark.allow_partial_gallery)
-            train_split, validation = carve_validation(train_split, training.validation_videos, suite.seed)
+            if suite.benchmark.validation_split is not None:
+                validation = check_videos(benchmark.load_split(suite.benchmark.validation_split),
+                                          suite.benchmark.allow_partial_gallery)
+            else:
+                train_split, validation = carve_validation(train_split, training.validation_videos, suite.seed)
     except DataError as error:
         raise DataError(f"{suite.source}: benchmark ({suite.benchmark.name}): {error}") from None
 
     backbone = load_backbone(suite, cache_dir, quiet)
     size = protocol.image_size or backbone.image_size
     store = FrameStore(cache_dir, protocol.frames, protocol.sampling, size, quiet)
-    for split in test_splits + [s for s in (train_split, validation) if s is not None]:
-        store.prepare(split.videos, f"decoding {split.name} videos")
+    try:  # decode every video once; an unreadable one refuses its split unless a partial gallery is allowed
+        test_splits = [decode_split(store, s, suite.benchmark.allow_partial_gallery) for s in test_splits]
+        train_split, validation = (decode_split(store, s, suite.benchmark.allow_partial_gallery)
+                                   if s is not None else None for s in (train_split, validation))
+    except DataError as error:
+        raise DataError(f"{suite.source}: benchmark ({suite.benchmark.name}): {error}") from None
     train_policy = protocol.train_sampling or protocol.sampling
     train_store = store if train_policy == protocol.sampling else (
         None if train_policy == "rand" else FrameStore(cache_dir, protocol.frames, train_policy, size, quiet))
@@ -136,11 +149,15 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
             "optimizer": "AdamW (decoupled wd; none on biases and norms)", "schedule": "warm-up + cosine",
             "checkpoint_selection": training.selection if validation is not None else "last-epoch",
             "validation_videos": len(validation.videos) if validation is not None else 0,
+            "validation_split": (suite.benchmark.validation_split or "carved from training")
+            if validation is not None else None,
         },
         "backbone": backbone.describe(),
-        "benchmark": {"name": suite.benchmark.name, "root": str(benchmark.root), "splits": {
+        "benchmark": {"name": suite.benchmark.name, "root": str(benchmark.root),
+                      "annotations": benchmark.fingerprints(), "splits": {
             s.name: {"shape": s.shape, "videos": len(s.videos), "queries": len(s.captions), "coverage": s.coverage,
-                     "missing": s.missing} for s in test_splits}},
+                     "missing": s.missing, "unreadable": s.unreadable}
+            for s in test_splits + [s for s in (train_split, validation) if s is not None]}},
         "methods": {},
         "rows": [],
     }

@@ -41,6 +41,9 @@ class BenchmarkSpec:
     root: str | None = None  # annotation folder; the benchmark says what it expects there
     videos: str | None = None  # video folder; default <root>/videos
     train_split: str | None = None
+    # Checkpoint selection on this split (one with its own validation videos, e.g. MSVD's val); without
+    # it, training.validation_videos are carved from the training videos (MSR-VTT has no validation split).
+    validation_split: str | None = None
     test_splits: list[str] = field(default_factory=list)
     allow_partial_gallery: bool = False
 
@@ -253,8 +256,13 @@ def parse_suite(data: Any, source: str) -> Suite:
             f"Allowed: {', '.join(sorted(benchmarks))}.{_suggest(suite.benchmark.name, benchmarks)}"
         )
     benchmark_cls = benchmarks[suite.benchmark.name]
+    given_protocol = (data.get("protocol") or {}) if isinstance(data, dict) else {}
+    for key, value in benchmark_cls.protocol_defaults.items():
+        if key not in given_protocol:  # the benchmark's protocol value (e.g. 64 frames for DiDeMo)
+            setattr(suite.protocol, key, value)
     splits = benchmark_cls.splits
-    requested = [("benchmark.train_split", suite.benchmark.train_split)] + [
+    requested = [("benchmark.train_split", suite.benchmark.train_split),
+                 ("benchmark.validation_split", suite.benchmark.validation_split)] + [
         (f"benchmark.test_splits[{i}]", s) for i, s in enumerate(suite.benchmark.test_splits)
     ]
     for key, split in requested:

@@ -81,7 +81,8 @@ class PairBatches:
         video = self.split.videos[video_index]
         if self.store is not None:
             return self.store.load(video)
-        return pad_frames(decode(video.path, self.frames, self.policy, self.size, video.id, self.rng), self.frames)
+        return pad_frames(decode(video.path, self.frames, self.policy, self.size, video.id, self.rng,
+                                 video.end_second), self.frames)
 
     def __iter__(self):
         order = torch.randperm(len(self.split.captions), generator=self.generator)

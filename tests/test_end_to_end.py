@@ -20,9 +20,9 @@ REPEATED = ("zeroshot", "clip4clip-meanp", "xpool")  # the second run repeats th
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, synthetic_cache):
     """The shipped suite, then a copy of it with fewer methods, on the same cache."""
-    cache = tmp_path_factory.mktemp("cache")
+    cache = synthetic_cache
     suite = yaml.safe_load((REPO / "suites" / "synthetic.yaml").read_text())
     suite["methods"] = [m for m in suite["methods"] if m["name"] in REPEATED]
     repeat = tmp_path_factory.mktemp("suite") / "synthetic_repeat.yaml"

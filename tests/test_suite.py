@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.errors import DataError, SuiteError
 from harness.run import run_suite
@@ -113,3 +112,40 @@ def test_missing_data_path_stops_at_once_naming_files_and_layout(tmp_path):
     assert str(tmp_path / "absent" / "MSRVTT_JSFUSION_test.csv") in message
     assert "Expected layout" in message and "videos/<video_id>.mp4" in message
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("name", ["msrvtt", "msvd", "didemo", "lsmdc", "activitynet", "vatex", "synthetic"])
+def test_every_benchmark_suite_lists_every_method_with_its_protocol(name):
+    from harness.registry import methods
+
+    suite = load_suite(REPO / "suites" / f"{name}.yaml")
+    assert suite.benchmark.name == name
+    assert {m.name for m in suite.methods} == set(methods())
+    paragraph = name in ("didemo", "activitynet")
+    assert (suite.protocol.frames, suite.protocol.words) == ((64, 64) if paragraph else (8 if name == "synthetic"
+                                                                                          else 12, 32))
+
+
+def test_benchmark_protocol_defaults_apply_unless_the_suite_sets_them(tmp_path):
+    base = "name: t\nbenchmark: {name: didemo, root: /nowhere, test_splits: [test]}\nmethods: [{name: glscl}, {name: eercf}]\n"
+    suite = load_suite(write(tmp_path, base))
+    assert (suite.protocol.frames, suite.protocol.words) == (64, 64)
+    assert suite.methods[0].params["beta"] == 0.005 and suite.methods[1].params["frames"] == 64
+    suite = load_suite(write(tmp_path, base + "protocol: {frames: 32}\n"))
+    assert (suite.protocol.frames, suite.protocol.words) == (32, 64)
+
+
+def test_per_benchmark_method_defaults(tmp_path):
+    base = "name: t\nbenchmark: {{name: {}, root: /nowhere, test_splits: [test]}}\nmethods: [{{name: xpool}}, {{name: glscl}}]\n"
+    msvd = load_suite(write(tmp_path, base.format("msvd")))
+    assert msvd.methods[0].params["dropout"] == 0.4
+    lsmdc = load_suite(write(tmp_path, base.format("lsmdc")))
+    assert lsmdc.methods[0].params["dropout"] == 0.3
+    assert (lsmdc.methods[1].params["temperature"], lsmdc.methods[1].params["alpha"]) == (5.0, 0.01)
+
+
+def test_validation_split_must_be_a_split_of_the_benchmark(tmp_path):
+    path = write(tmp_path, "name: t\nbenchmark: {name: vatex, root: /x, validation_split: val, test_splits: [test]}\n"
+                           "methods: [{name: zeroshot}]\n")
+    with pytest.raises(SuiteError, match=r"benchmark.validation_split: unknown split 'val' of vatex"):
+        load_suite(path)

@@ -83,6 +83,7 @@ class XPool(Method):
     name = "xpool"
     reported_as = "X-Pool"
     Params = XPoolParams
+    benchmark_defaults = {"msvd": {"dropout": 0.4}}  # the official MSVD setting; 0.3 elsewhere
 
     def __init__(self, backbone, params: XPoolParams):
         super().__init__(backbone, params)

@@ -8,9 +8,11 @@ A training split uses the same structure: every (video, caption) pair is a sampl
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -23,6 +25,8 @@ Shape = Literal["square", "multi-caption", "paragraph"]
 class Video:
     id: str
     path: Path
+    # Decode only seconds 0..end_second (inclusive), as the official loader does (DiDeMo: 0-31 s).
+    end_second: int | None = None
 
 
 @dataclass
@@ -32,8 +36,9 @@ class Split:
     videos: list[Video]
     captions: list[str]
     caption_video: list[int]  # for each caption, the index of its video in `videos`
-    expected_videos: int = -1  # before any missing video was dropped (partial gallery)
+    expected_videos: int = -1  # before any missing or unreadable video was dropped (partial gallery)
     missing: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.expected_videos < 0:
@@ -59,12 +64,73 @@ class Split:
         return Split(name, shape, [self.videos[i] for i in video_indices], captions, owners)
 
 
+def grouped_split(name: str, shape: Shape, ids: list[str], captions: dict[str, list[str]],
+                  video: Callable[[str], Video], source: Path) -> Split:
+    """A split from ordered video ids and each id's captions (all of them queries or training pairs).
+    Every id must have at least one caption: the error names the ids and the annotation file."""
+    without = [vid for vid in ids if not captions.get(vid)]
+    if without:
+        raise DataError(f"{source}: no captions for {len(without)} video(s) of split {name}: "
+                        f"{', '.join(without[:10])}{' ...' if len(without) > 10 else ''}.")
+    for vid in ids:
+        if not isinstance(captions[vid], list) or not all(isinstance(c, str) for c in captions[vid]):
+            raise DataError(f"{source}: the captions of video {vid!r} are {captions[vid]!r:.200}; expected a list of "
+                            "strings.")
+    texts, owners = [], []
+    for index, vid in enumerate(ids):
+        texts += captions[vid]
+        owners += [index] * len(captions[vid])
+    return Split(name, shape, [video(v) for v in ids], texts, owners)
+
+
+def paragraph_split(name: str, ids: list[str], sentences: dict[str, list[str]], video: Callable[[str], Video],
+                    source: Path) -> Split:
+    """Paragraph shape: each video's sentences joined with spaces into one query (CLIP4Clip's DiDeMo and
+    ActivityNet loaders), ground truth on the diagonal."""
+    joined = {vid: [" ".join(sentences[vid])] for vid in ids if sentences.get(vid)}
+    return grouped_split(name, "paragraph", ids, joined, video, source)
+
+
+def read_lines(path: Path) -> list[str]:
+    """One id a line (the official *_list.txt files); blank lines ignored."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_json(path: Path, kind: type, what: str) -> Any:
+    """A JSON file whose top level must be `kind` (dict or list); `what` describes the expected content."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({error}); expected {what}.") from None
+    if not isinstance(data, kind):
+        raise DataError(f"{path}: the top level is a {type(data).__name__}; expected {what}.")
+    return data
+
+
+def first_existing(folder: Path, names: list[str]) -> Path:
+    """The first of `names` present under `folder`, else the first (the path a missing-video error shows)."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return folder / names[0]
+
+
+def fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 class Benchmark:
     """One annotation format. Subclasses set name, splits and layout and implement load_split."""
 
     name: ClassVar[str]
     splits: ClassVar[tuple[str, ...]]
     layout: ClassVar[str]  # the expected files, for error messages
+    # Protocol values a suite takes unless it sets them itself (PROTOCOL section 2), e.g. 64 frames.
+    protocol_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: str | None, videos: str | None, cache_dir: Path, seed: int = 42, quiet: bool = False):
         if root is None:
@@ -74,6 +140,7 @@ class Benchmark:
         self.cache_dir = cache_dir
         self.seed = seed
         self.quiet = quiet
+        self.annotation_files: dict[str, Path] = {}  # every file read, for the fingerprints
 
     def load_split(self, split: str) -> Split:
         raise NotImplementedError
@@ -87,24 +154,40 @@ class Benchmark:
                 f"{self.name}: annotation file(s) not found: {', '.join(missing)}.\n"
                 f"Expected layout under the data root ({self.root}):\n{self.layout}"
             )
+        self.annotation_files.update(zip(names, paths))
         return paths
+
+    def fingerprints(self) -> dict[str, str]:
+        """Content hash of every annotation file read so far: which exact files a result came from."""
+        return {name: fingerprint(path) for name, path in sorted(self.annotation_files.items())}
+
+
+def drop_videos(split: Split, problems: dict[str, str], kind: Literal["missing", "unreadable"],
+                allow_partial: bool) -> Split:
+    """Refuse a split with missing or unreadable videos (problems: id -> path or reason), or, when the
+    suite allows a partial gallery, drop them and record the coverage."""
+    if not problems:
+        return split
+    ids = [v.id for v in split.videos if v.id in problems]
+    if not allow_partial:
+        shown = ", ".join(ids[:10]) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
+        what = "video files are missing" if kind == "missing" else "videos cannot be decoded"
+        raise DataError(
+            f"split {split.name}: {len(ids)} of {len(split.videos)} {what}: {shown} "
+            f"(e.g. {ids[0]}: {problems[ids[0]]}). Fix the video folder (`harness data check` lists them all), "
+            "or set benchmark.allow_partial_gallery: true to evaluate on the videos present (coverage is recorded)."
+        )
+    keep = [i for i, v in enumerate(split.videos) if v.id not in problems]
+    partial = split.subset(split.name, keep)
+    partial.expected_videos, partial.missing, partial.unreadable = split.expected_videos, split.missing, split.unreadable
+    getattr(partial, kind).extend(ids)
+    return partial
+
+
+def missing_videos(split: Split) -> dict[str, str]:
+    return {v.id: str(v.path) for v in split.videos if not v.path.is_file()}
 
 
 def check_videos(split: Split, allow_partial: bool) -> Split:
     """Refuse a split with missing video files, or drop them and record the coverage when allowed."""
-    missing = [i for i, video in enumerate(split.videos) if not video.path.is_file()]
-    if not missing:
-        return split
-    ids = [split.videos[i].id for i in missing]
-    if not allow_partial:
-        shown = ", ".join(ids[:10]) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
-        raise DataError(
-            f"split {split.name}: {len(ids)} of {len(split.videos)} video files are missing: {shown} "
-            f"(e.g. {split.videos[missing[0]].path}). Fix the video folder, or set "
-            "benchmark.allow_partial_gallery: true to evaluate on the videos present (coverage is recorded)."
-        )
-    keep = [i for i in range(len(split.videos)) if i not in set(missing)]
-    partial = split.subset(split.name, keep)
-    partial.expected_videos = split.expected_videos
-    partial.missing = ids
-    return partial
+    return drop_videos(split, missing_videos(split), "missing", allow_partial)

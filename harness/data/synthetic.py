@@ -2,8 +2,9 @@
 
 Real H.264 MP4 files (PyAV) and MSR-VTT annotation files are written into a cache folder on first use,
 then read through the same MSR-VTT loader as the real data. Splits: train-9k (the training videos,
-several captions each), test-1kA (one caption per test video, square) and test-1kA-multi (every
-caption of the test videos, the MSVD shape).
+several captions each), test-1kA (one caption per test video, square), test-1kA-multi (every
+caption of the test videos, the MSVD/VATEX shape) and test-paragraph (every caption of a test video
+joined into one query, the DiDeMo/ActivityNet shape).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from harness.data.benchmark import Split, paragraph_split
 from harness.data.benchmarks.msrvtt import DATA_JSON, TEST_CSV, TRAIN_CSV, MSRVTT
 from harness.data.synthetic_world import FPS, TEST_KINDS, TRAIN_KINDS, caption, random_clip, render, reordered
 
@@ -101,9 +103,16 @@ class Synthetic(MSRVTT):
     """Built-in synthetic benchmark (generated on first use, MSR-VTT formats, nothing downloaded)."""
 
     name = "synthetic"
-    splits = ("train-9k", "test-1kA", "test-1kA-multi")
+    splits = ("train-9k", "test-1kA", "test-1kA-multi", "test-paragraph")
 
     def __init__(self, root: str | None, videos: str | None, cache_dir: Path, seed: int = 42, quiet: bool = False):
         folder = Path(root).expanduser() if root else Path(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-seed{seed}"
         generate(folder, seed, quiet)
         super().__init__(str(folder), videos, cache_dir, seed, quiet)
+
+    def load_split(self, split: str) -> Split:
+        if split != "test-paragraph":
+            return super().load_split(split)
+        test = super().load_split("test-1kA")
+        ids = [v.id for v in test.videos]
+        return paragraph_split(split, ids, self._sentences(), self._video, self.root / DATA_JSON)

@@ -13,13 +13,17 @@ from harness.backbone import PIXEL_MEAN, PIXEL_STD
 from harness.errors import DataError
 
 
-def sample_indices(n_frames: int, fps: float, frames: int, policy: str, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_indices(n_frames: int, fps: float, frames: int, policy: str, rng: np.random.Generator | None = None,
+                   end_second: int | None = None) -> np.ndarray:
     """Frame indices to decode for one clip.
 
     fps1-linspace (CLIP4Clip/GLSCL): one frame per second (stride round(fps)), then integer
     linspace(0, n-1, T) if more than T remain. uniform / rand (X-Pool): T equal intervals over the
-    whole clip, the middle frame of each / a random frame of each.
+    whole clip, the middle frame of each / a random frame of each. With end_second, only seconds
+    0..end_second (inclusive, as the official loaders read a span) count as the clip.
     """
+    if end_second is not None:
+        n_frames = min(n_frames, int(round((end_second + 1) * fps)))
     if n_frames <= 0:
         return np.zeros(0, dtype=np.int64)
     if policy == "fps1-linspace":
@@ -40,7 +44,8 @@ def sample_indices(n_frames: int, fps: float, frames: int, policy: str, rng: np.
     return np.minimum(indices, n_frames - 1).astype(np.int64)
 
 
-def decode(path: Path, frames: int, policy: str, size: int, video_id: str = "", rng=None) -> np.ndarray:
+def decode(path: Path, frames: int, policy: str, size: int, video_id: str = "", rng=None,
+           end_second: int | None = None) -> np.ndarray:
     """Decode the sampled frames of one video: uint8 (t, size, size, 3), t <= frames."""
     import decord
 
@@ -49,7 +54,7 @@ def decode(path: Path, frames: int, policy: str, size: int, video_id: str = "", 
         raise DataError(f"{label}: file not found.")
     try:
         reader = decord.VideoReader(str(path), num_threads=1)
-        indices = sample_indices(len(reader), reader.get_avg_fps(), frames, policy, rng)
+        indices = sample_indices(len(reader), reader.get_avg_fps(), frames, policy, rng, end_second)
         batch = reader.get_batch(list(indices)).asnumpy()
     except Exception as error:  # decord raises its own DECORDError and RuntimeErrors
         raise DataError(f"{label}: cannot decode: {error}") from None

@@ -7,11 +7,10 @@ test-1kA-multi evaluates the same 1,000 videos with all their captions from MSRV
 from __future__ import annotations
 
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
-from harness.data.benchmark import Benchmark, Split, Video
+from harness.data.benchmark import Benchmark, Split, Video, grouped_split, read_json
 from harness.errors import DataError
 
 DATA_JSON = "MSRVTT_data.json"
@@ -46,13 +45,13 @@ class MSRVTT(Benchmark):
 
     def _sentences(self) -> dict[str, list[str]]:
         (path,) = self.require(DATA_JSON)
+        data = read_json(path, dict, '{"videos": [...], "sentences": [{video_id, caption, sen_id}]}')
         try:
-            data = json.loads(path.read_text())
             sentences = data["sentences"]
             by_video: dict[str, list[tuple[int, str]]] = defaultdict(list)
             for entry in sentences:
                 by_video[entry["video_id"]].append((int(entry.get("sen_id", 0)), entry["caption"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"{path}: not in the MSRVTT_data.json format ({error}).") from None
         return {vid: [c for _, c in sorted(items)] for vid, items in by_video.items()}
 
@@ -69,14 +68,4 @@ class MSRVTT(Benchmark):
         return self._with_all_captions(split, [row["video_id"] for row in rows], "multi-caption")
 
     def _with_all_captions(self, split: str, ids: list[str], shape) -> Split:
-        sentences = self._sentences()
-        without = [vid for vid in ids if not sentences.get(vid)]
-        if without:
-            raise DataError(
-                f"{self.root / DATA_JSON}: no captions for {len(without)} video(s) of {split}: {', '.join(without[:10])}."
-            )
-        captions, owners = [], []
-        for index, vid in enumerate(ids):
-            captions += sentences[vid]
-            owners += [index] * len(sentences[vid])
-        return Split(split, shape, [self._video(v) for v in ids], captions, owners)
+        return grouped_split(split, shape, ids, self._sentences(), self._video, self.root / DATA_JSON)
