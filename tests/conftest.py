@@ -32,3 +32,16 @@ def load_golden(name: str) -> dict:
 def synthetic_cache(tmp_path_factory) -> Path:
     """One cache for every test that runs the synthetic benchmark: it is generated once per session."""
     return tmp_path_factory.mktemp("synthetic-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A random OpenAI-layout CLIP with the real vocabulary (captions are tokenized for real), 16 px frames."""
+    from harness.backbone import ClipShape, build_clip
+
+    torch.manual_seed(0)
+    shape = ClipShape(embed_dim=32, image_size=16, patch_size=8, vision_width=64, vision_layers=1,
+                      context_length=32, vocab_size=49408, text_width=64, text_layers=1)
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
+    torch.save(build_clip(shape, 32).state_dict(), path)
+    return path

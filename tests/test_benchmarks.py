@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from harness.data.benchmark import check_videos
 from harness.data.benchmarks.activitynet import ActivityNet
@@ -19,6 +20,8 @@ from harness.data.benchmarks.vatex import VATEX
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.errors import DataError
+from harness.run import run_suite
+from harness.suite import load_suite
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,7 @@ MSVD_CAPTIONS = {
 
 def msvd_root(tmp_path: Path, stand_in: Path, caption_format: str) -> Path:
     ids = list(MSVD_CAPTIONS)
+    tmp_path.mkdir(exist_ok=True)
     write_lines(tmp_path / "train_list.txt", ids[:2])
     write_lines(tmp_path / "val_list.txt", ids[2:3])
     write_lines(tmp_path / "test_list.txt", [ids[2], ids[0], ids[3]])
@@ -79,6 +83,22 @@ def test_msvd_multi_caption_from_either_caption_file(tmp_path, stand_in, caption
     assert check_videos(test, allow_partial=False).coverage == "3/3"
     train = MSVD(str(root), None, tmp_path).load_split("train")
     assert len(train.videos) == 2 and len(train.captions) == 5
+
+
+def test_msvd_run_selects_the_checkpoint_on_its_own_val_split(tmp_path, stand_in, tiny_clip):
+    root = msvd_root(tmp_path / "msvd", stand_in, "json")
+    suite = {"name": "msvd-tiny", "cache_dir": str(tmp_path / "cache"),
+             "benchmark": {"name": "msvd", "root": str(root), "train_split": "train", "validation_split": "val",
+                           "test_splits": ["test"]},
+             "backbone": {"arch": "auto", "checkpoint": str(tiny_clip)}, "protocol": {"frames": 4},
+             "training": {"epochs": 2, "batch_size": 2}, "methods": [{"name": "clip4clip-meanp"}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    results = run_suite(load_suite(tmp_path / "suite.yaml"), tmp_path / "run", quiet=True, log=lambda *_: None)
+    assert results["protocol"]["validation_split"] == "val" and results["protocol"]["validation_videos"] == 1
+    training = results["methods"]["clip4clip-meanp"]["training"]
+    assert len(training["history"]) == 2 and all("validation_R1" in e for e in training["history"])
+    assert results["benchmark"]["splits"]["train"]["videos"] == 2  # nothing carved from training
+    assert {(r["queries"], r["gallery"]) for r in results["rows"]} == {(8, 3), (3, 3)}  # t2v, v2t
 
 
 def test_msvd_caption_files_are_named_when_absent_or_wrong(tmp_path, stand_in):

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-from harness.backbone import ClipShape, build_clip
 from harness.cli import main
 from harness.data.synthetic import write_mp4
 from harness.errors import DataError
@@ -22,17 +20,6 @@ from harness.suite import load_suite
 
 IDS = ["vid_a", "vid_b", "vid_c", "vid_d"]
 MISSING, TRUNCATED = "vid_b", "vid_d"
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> Path:
-    """A random OpenAI-layout CLIP with the real vocabulary (captions are tokenized for real)."""
-    torch.manual_seed(0)
-    shape = ClipShape(embed_dim=32, image_size=16, patch_size=8, vision_width=64, vision_layers=1,
-                      context_length=32, vocab_size=49408, text_width=64, text_layers=1)
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    torch.save(build_clip(shape, 32).state_dict(), path)
-    return path
 
 
 @pytest.fixture
