@@ -68,6 +68,49 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if count else 0
 
 
+def _report(args: argparse.Namespace) -> None:
+    from harness.report.leaderboard import build_leaderboards, load_run
+    from harness.report.render import FORMATS, write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise HarnessError(f"--format {args.format!r}: choose from {', '.join(FORMATS)} (comma-separated).")
+    compare = tuple(args.compare.split(",")) if args.compare else None
+    if compare is not None and len(compare) != 2:
+        raise HarnessError(f"--compare {args.compare!r}: give two method names, e.g. glscl,clip4clip-meanp.")
+    runs = [load_run(path) for path in args.runs]
+    boards = build_leaderboards(runs, args.reference, compare, resamples=args.resamples)
+    output = Path(args.output) if args.output else runs[0].folder / "report"
+    for path in write_report(boards, runs, formats, output):
+        print(f"wrote {path}")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from harness import check
+    from harness.report.leaderboard import load_run
+
+    run = load_run(args.results)
+    if args.write_baseline:
+        path = check.write_baseline(run, Path(args.write_baseline))
+        print(f"baseline written: {path} ({len(run.results['rows'])} rows)")
+        return 0
+    if args.against is None:
+        raise HarnessError("harness check: give --against BASELINE.json (or 'reported'), or --write-baseline PATH.")
+    if args.against == "reported":
+        tolerances = check.parse_tolerances(args.tolerance, check.REPORTED_TOLERANCES)
+        lines = check.compare_with_reported(run, tolerances, Path(args.reported) if args.reported else None)
+    else:
+        tolerances = check.parse_tolerances(args.tolerance, check.BASELINE_TOLERANCES)
+        lines = check.compare_with_baseline(run, Path(args.against), tolerances)
+    print(check.summary(lines))
+    if check.failed(lines):
+        print("check FAILED")
+        return 1
+    print("check passed")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> None:
     from harness import registry
 
@@ -113,6 +156,27 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--cache-dir", help="override the suite's cache_dir (the frames decoded are cached there)")
     check.add_argument("--quiet", action="store_true", help="no progress bars")
     check.set_defaults(handler=_data_check)
+    report = commands.add_parser("report", help="HTML, LaTeX and Markdown leaderboards from saved runs (nothing is "
+                                                "recomputed)")
+    report.add_argument("runs", nargs="+", help="run directories (or their results.json)")
+    report.add_argument("--format", default="html,tex,md", help="comma-separated: html, tex, md (default: all)")
+    report.add_argument("--output", help="report folder (default: <first run>/report)")
+    report.add_argument("--reference", default="clip4clip-meanp",
+                        help="method the paired test and the time ratio compare against (default: clip4clip-meanp)")
+    report.add_argument("--compare", help="two methods for the per-query view, e.g. glscl,clip4clip-meanp "
+                                          "(default: the best R@1 against the reference)")
+    report.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    report.set_defaults(handler=_report)
+    gate = commands.add_parser("check", help="regression gate: compare a run with a stored baseline or the published "
+                                             "numbers; exit 1 if a metric moved beyond its tolerance")
+    gate.add_argument("results", help="a run directory or its results.json")
+    gate.add_argument("--against", help="a baseline JSON (reports/baselines/<suite>.json), or 'reported'")
+    gate.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                      help="override a tolerance, absolute (R1=0.3) or relative (per_pair_macs=1%%); repeatable")
+    gate.add_argument("--reported", help="with --against reported: a CSV in reported.csv's format (default: the "
+                                         "packaged reports/reported.csv)")
+    gate.add_argument("--write-baseline", metavar="PATH", help="write the run's rows as the new baseline and stop")
+    gate.set_defaults(handler=_check)
     listing = commands.add_parser("list", help="methods and benchmarks available (built-in and plugins)")
     listing.set_defaults(handler=_list)
     return main

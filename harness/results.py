@@ -74,9 +74,12 @@ def environment(device: torch.device) -> dict:
 
 
 def write_ranks(run_dir: Path, method: str, split: str, direction: str, ranks: np.ndarray, tied: np.ndarray,
-                query_text: list[str]) -> str:
+                query_text: list[str], query_video: list[str]) -> str:
+    """One line a query: its rank, whether its ground truth tied, the caption (or video id for v2t) and
+    the ground-truth video (what a bootstrap resamples on multi-caption benchmarks)."""
     name = f"{method}__{split}__{direction}.csv"
-    frame = pd.DataFrame({"query": np.arange(len(ranks)), "rank": ranks, "tied": tied, "query_text": query_text})
+    frame = pd.DataFrame({"query": np.arange(len(ranks)), "rank": ranks, "tied": tied, "query_text": query_text,
+                          "video": query_video})
     atomic_write(run_dir / "ranks" / name, frame.to_csv(index=False))
     return f"ranks/{name}"
 

@@ -73,9 +73,12 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
     protocol, rows = suite.protocol, []
     for direction, scores in stage.scores.items():
         ranking = rank_split(scores, split, direction, protocol.multi_caption_v2t)
-        queries = split.captions if direction == "t2v" else [v.id for v in split.videos]
+        video_ids = [v.id for v in split.videos]
+        queries = split.captions if direction == "t2v" else video_ids
+        truth = [video_ids[i] for i in split.caption_video] if direction == "t2v" else video_ids
         label = name if stage.stage == "single" else f"{name}@{stage.stage}"
-        ranks_file = write_ranks(run_dir, label, split.name, direction, ranking.ranks, ranking.tied, queries)
+        ranks_file = write_ranks(run_dir, label, split.name, direction, ranking.ranks, ranking.tied, queries,
+                                 truth)
         row = {
             "method": name, "benchmark": suite.benchmark.name, "split": split.name, "direction": direction,
             "stage": stage.stage, "post": "none", **summarize(ranking, RECALL_AT),
@@ -167,6 +170,7 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         torch.manual_seed(suite.seed)  # head initialisation does not depend on the method order
         method = cls(copy.deepcopy(backbone), cls.Params(**spec.params)).to(device)
         entry = {"params": asdict(method.params), "trained": cls.trainable and spec.checkpoint is None,
+                 "reported_as": cls.reported_as,
                  "benchmark_defaults": cls.benchmark_defaults.get(suite.benchmark.name, {}),
                  "protocol": method.protocol()}
         if spec.checkpoint is not None:

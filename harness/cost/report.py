@@ -7,9 +7,7 @@ weights, and the inputs are random pixels and tokens of the protocol's sizes. No
 from __future__ import annotations
 
 import copy
-import csv
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 
 import open_clip
@@ -21,12 +19,10 @@ from harness.backbone import Backbone, build_clip, read_state_dict, shape_from_s
 from harness.cost.model import GALLERIES, MATRIX_1KA, method_cost
 from harness.cost.timing import time_method
 from harness.errors import DataError
+from harness.report.reported import head_flops
 from harness.results import environment
 from harness.suite import Suite
 from harness.synthetic_backbone import small_shape
-
-REPORTED = "reported.csv"  # published numbers, with GLSCL Table I's "head FLOPs" (G) per method
-
 
 def shape_backbone(suite: Suite) -> Backbone:
     """The suite's backbone architecture with random weights (counting needs shapes only)."""
@@ -44,18 +40,11 @@ def shape_backbone(suite: Suite) -> Backbone:
     return Backbone(clip)
 
 
-def reported_head_flops() -> dict[str, float]:
-    """{reported method name: head FLOPs in G} from the packaged reported.csv (MSR-VTT 1k-A rows)."""
-    text = resources.files("harness.cost").joinpath(REPORTED).read_text()
-    return {row["method"]: float(row["head_flops_g"]) for row in csv.DictReader(text.splitlines())
-            if row["head_flops_g"] and row["dataset"] == "msrvtt-1kA"}
-
-
 def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=print) -> dict:
     protocol = suite.protocol
     backbone = shape_backbone(suite)
     size = protocol.image_size or backbone.image_size
-    reported = reported_head_flops()
+    reported = head_flops()
     methods = {}
     for spec in suite.methods:
         cls = registry.methods()[spec.name]
