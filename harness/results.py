@@ -46,11 +46,16 @@ def new_run_dir(base: Path, suite_name: str) -> Path:
 
 
 def code_version() -> str:
-    """The package version, plus the git commit when run from a checkout."""
+    """The package version, plus the git commit when run from a checkout ("-dirty" with uncommitted changes
+    to tracked files: the commit alone would not say which code ran)."""
     root = Path(harness.__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip()
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        if commit and subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=5).stdout.strip():
+            commit += "-dirty"
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{harness.__version__}+{commit}" if commit else harness.__version__

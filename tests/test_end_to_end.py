@@ -136,3 +136,27 @@ def test_a_saved_checkpoint_evaluates_to_the_same_numbers_without_training(two_r
     original = original[original["method"] == "clip4clip-seqtransf"].drop(columns=["ranks_file"])
     original = original.dropna(axis=1, how="all").reset_index(drop=True)
     pd.testing.assert_frame_equal(again, original)
+
+
+def harness(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_run_matches_the_committed_baseline(two_runs):
+    """The CI regression gate: a change that moves any method's numbers fails here until
+    reports/baselines/synthetic.json is deliberately rewritten (harness check ... --write-baseline)."""
+    done = harness("check", str(two_runs[0]), "--against", str(REPO / "reports" / "baselines" / "synthetic.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_report_from_the_run(two_runs, tmp_path):
+    done = harness("report", str(two_runs[0]), "--output", str(tmp_path), "--resamples", "200")
+    assert done.returncode == 0, done.stderr
+    markdown = (tmp_path / "report.md").read_text()
+    boards = [line for line in markdown.splitlines() if line.startswith("## synthetic")]
+    assert boards == ["## synthetic test-1kA t2v", "## synthetic test-1kA v2t", "## synthetic test-1kA-multi t2v",
+                      "## synthetic test-1kA-multi v2t"]
+    for method in ("zeroshot", "clip4clip-meanp", "xpool", "glscl", "eercf (coarse)", "glccl"):
+        assert f"| {method} |" in markdown.replace("\\", ""), method
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('<table class="leaderboard">') == 4 and html.count("<svg") == 4
