@@ -4,7 +4,9 @@ the rendered HTML (headless Chromium) and LaTeX (pdflatex)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -187,7 +189,12 @@ def test_paired_test_detects_a_planted_difference_and_not_a_null_one():
 
 
 def test_report_command_writes_every_format(three_methods, tmp_path, capsys):
-    assert main(["report", str(three_methods), "--output", str(tmp_path / "r"), "--resamples", "50"]) == 0
+    previous = os.umask(0o022)
+    try:
+        assert main(["report", str(three_methods), "--output", str(tmp_path / "r"), "--resamples", "50"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "r" / "report.html").stat().st_mode) == 0o644  # readable by others, as umask allows
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.html", "report.tex", "report.md",
                                                              "frontier-synthetic-test-1kA-t2v.pdf",
                                                              "frontier-synthetic-test-1kA-v2t.pdf"}
