@@ -138,12 +138,12 @@ def online_cost(record: dict, gallery: int, stage: str, direction: str) -> tuple
         macs += cost.score.matrix(1, k) if direction == "t2v" else cost.score.matrix(k, 1)
     timing, seconds = record.get("timing"), None
     if timing:
-        pair = lambda name: timing[name]["median_s"]  # noqa: E731
-        seconds = pair("per_query" if direction == "t2v" else "per_video")
+        median = {name: t["median_s"] for name, t in timing.items()}
+        seconds = median["per_query" if direction == "t2v" else "per_video"]
         if cost.coarse is None:
-            seconds += gallery * pair("per_pair_coarse" if stage == "coarse" else "per_pair")
+            seconds += gallery * median["per_pair_coarse" if stage == "coarse" else "per_pair"]
         else:
-            seconds += gallery * pair("per_pair_coarse") + min(cost.candidates, gallery) * pair("per_pair")
+            seconds += gallery * median["per_pair_coarse"] + min(cost.candidates, gallery) * median["per_pair"]
     return macs, cost.score.per_pair, seconds
 
 
