@@ -63,8 +63,11 @@ def parse_tolerances(items: list[str], defaults: dict[str, Tolerance]) -> dict[s
     return tolerances
 
 
+KEY_DEFAULTS = {"stage": "single", "post": "none"}  # rows written before these fields existed
+
+
 def row_key(row: dict) -> tuple:
-    return tuple(str(row.get(k, "none" if k == "post" else "single" if k == "stage" else "")) for k in KEY)
+    return tuple(str(row.get(k, KEY_DEFAULTS.get(k, ""))) for k in KEY)
 
 
 def baseline_rows(run: Run) -> list[dict]:

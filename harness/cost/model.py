@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -47,13 +47,17 @@ class MethodCost:
     candidates: int | None = None
     check: dict | None = None  # the same figures by the second counter
 
-    def online(self, gallery: int) -> float:
-        """One query against `gallery` videos: the query, then every pair it meets (the score's
-        per-video part too: a single query pays it for every video it scores)."""
+    def online(self, gallery: int, query: str = "text") -> float:
+        """One query against a gallery of `gallery` items: the query's encoding (a caption for t2v, a video
+        for v2t), then every pair it meets (the score's per-item part too: a single query pays it for every
+        item it scores); two-stage: the coarse score on all, the fine score on the k candidates."""
+        def pairs(score: ScoreCost, items: int) -> float:
+            return score.matrix(1, items) if query == "text" else score.matrix(items, 1)
+
+        encode = self.per_query if query == "text" else self.per_video
         if self.coarse is None:
-            return self.per_query + self.score.matrix(1, gallery)
-        k = min(self.candidates, gallery)
-        return self.per_query + self.coarse.matrix(1, gallery) + self.score.matrix(1, k)
+            return encode + pairs(self.score, gallery)
+        return encode + pairs(self.coarse, gallery) + pairs(self.score, min(self.candidates, gallery))
 
     def similarity_matrix(self, size: int = MATRIX_1KA) -> float:
         """The score stage of a size x size retrieval (GLSCL's Table I "head FLOPs", COST.md section 4)."""
@@ -62,6 +66,14 @@ class MethodCost:
         k = min(self.candidates, size)
         fine_per_query = self.score.per_text + k * (self.score.per_video + self.score.per_pair) + self.score.fixed
         return self.coarse.matrix(size, size) + size * fine_per_query
+
+    @classmethod
+    def from_dict(cls, record: dict) -> MethodCost:
+        """The inverse of to_dict (derived figures such as timing are ignored)."""
+        values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+        values["score"] = ScoreCost(**record["score"])
+        values["coarse"] = ScoreCost(**record["coarse"]) if record.get("coarse") else None
+        return cls(**values)
 
     def to_dict(self, gallery: int) -> dict:
         record = asdict(self)

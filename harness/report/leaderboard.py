@@ -10,13 +10,13 @@ method, and the points of the accuracy-cost plot.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.cost.model import MethodCost, ScoreCost
+from harness.cost.model import MethodCost
 from harness.errors import HarnessError
 from harness.report.reported import METRICS, POST_NAMES, counterpart, read_reported
 from harness.report.stats import Interval, PairedTest, bootstrap_intervals, paired_permutation_test
@@ -115,27 +115,13 @@ class Leaderboard:
                 if e.kind == "own" and e.values.get("online_gmac") and e.values.get("R1") is not None]
 
 
-def method_cost(record: dict) -> MethodCost:
-    names = {f.name for f in fields(MethodCost)}
-    values = {k: v for k, v in record.items() if k in names}
-    values["score"] = ScoreCost(**record["score"])
-    values["coarse"] = ScoreCost(**record["coarse"]) if record.get("coarse") else None
-    return MethodCost(**values)
-
-
 def online_cost(record: dict, gallery: int, stage: str, direction: str) -> tuple[float, float, float | None]:
     """(MACs of one query against the gallery, MACs per pair, measured seconds of the same) for a stage.
-    A t2v query encodes one caption, a v2t query one video; then it meets every gallery item (two-stage:
-    the coarse score on all, the fine score on the k candidates)."""
-    cost = method_cost(record)
+    The coarse stage of a two-stage method is costed as a one-stage method scoring with its coarse score."""
+    cost = MethodCost.from_dict(record)
     if stage == "coarse":
         cost = replace(cost, score=cost.coarse, coarse=None, candidates=None)
-    encode = cost.per_query if direction == "t2v" else cost.per_video
-    first = cost.coarse or cost.score
-    macs = encode + (first.matrix(1, gallery) if direction == "t2v" else first.matrix(gallery, 1))
-    if cost.coarse is not None:
-        k = min(cost.candidates, gallery)
-        macs += cost.score.matrix(1, k) if direction == "t2v" else cost.score.matrix(k, 1)
+    macs = cost.online(gallery, "text" if direction == "t2v" else "video")
     timing, seconds = record.get("timing"), None
     if timing:
         median = {name: t["median_s"] for name, t in timing.items()}

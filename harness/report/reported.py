@@ -27,15 +27,12 @@ POST_NAMES = {"none": "", "qbnorm": "QB-Norm", "dsl": "DSL"}
 
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     """reported.csv as a table (the packaged copy unless a path is given)."""
-    if path is None:
-        text = resources.files("harness.report").joinpath("reported.csv").read_text()
-        return _packaged(text)
-    return pd.read_csv(path)
+    return _packaged().copy() if path is None else pd.read_csv(path)
 
 
 @cache
-def _packaged(text: str) -> pd.DataFrame:
-    return pd.read_csv(StringIO(text))
+def _packaged() -> pd.DataFrame:
+    return pd.read_csv(StringIO(resources.files("harness.report").joinpath("reported.csv").read_text()))
 
 
 def dataset_name(benchmark: str, split: str, train_split: str | None) -> str | None:
