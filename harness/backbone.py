@@ -17,6 +17,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 
 from harness.errors import CheckpointError
+from harness.suite import Suite
 
 PIXEL_MEAN = OPENAI_DATASET_MEAN
 PIXEL_STD = OPENAI_DATASET_STD
@@ -75,14 +76,16 @@ def build_clip(shape: ClipShape, context_length: int, quick_gelu: bool = True) -
     return CLIP(shape.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu)
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Weights from OpenAI's TorchScript archive, a plain or wrapped state dict, or safetensors."""
+CLIP_FILE_HINT = ("Give a local file (OpenAI's ViT-B-32.pt, an OpenAI-layout state dict, or an open_clip "
+                  "checkpoint) in the suite's backbone.checkpoint.")
+
+
+def read_state_dict(path: str | Path, what: str = "CLIP checkpoint", hint: str = CLIP_FILE_HINT) -> dict[str, Tensor]:
+    """Weights from OpenAI's TorchScript archive, a plain or wrapped state dict, or safetensors. `what` names
+    the file in errors (e.g. "xpool checkpoint"), `hint` says where to fix it."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(
-            f"CLIP checkpoint not found: {path}. Give a local file (OpenAI's ViT-B-32.pt, an OpenAI-layout "
-            "state dict, or an open_clip checkpoint) in the suite's backbone.checkpoint."
-        )
+        raise CheckpointError(f"{what} not found: {path}. {hint}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -93,12 +96,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read CLIP checkpoint {path}: {error}") from None
+        raise CheckpointError(f"cannot read {what} {path}: {error}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors.")
+        raise CheckpointError(f"{what} {path}: not a state dict of tensors.")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return {k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
@@ -150,6 +153,25 @@ def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu
         )
     load_weights_strictly(model, state, source)
     return model.float()
+
+
+SYNTHETIC_ARCH = "synthetic-small"
+
+
+def load_backbone(suite: Suite, cache_dir: Path, quiet: bool = False) -> Backbone:
+    """The suite's backbone: its local CLIP checkpoint, or the built-in small CLIP (pre-trained into the
+    cache on first use)."""
+    spec = suite.backbone
+    arch, checkpoint = spec.arch, spec.checkpoint
+    if arch == SYNTHETIC_ARCH and checkpoint is None:
+        from harness.synthetic_backbone import synthetic_checkpoint  # its pre-training code builds on this module
+
+        checkpoint, arch = str(synthetic_checkpoint(cache_dir, suite.seed, quiet)), "auto"
+    if checkpoint is None:
+        raise CheckpointError(f"backbone.checkpoint: no CLIP checkpoint given for {arch}. Point it at a local file "
+                              "(e.g. OpenAI's ViT-B-32.pt), for example checkpoint: ${CLIP_CHECKPOINT}.")
+    clip = load_clip(arch, checkpoint, suite.protocol.words, spec.quick_gelu)
+    return Backbone(clip, {"arch": spec.arch, "checkpoint": str(checkpoint), "quick_gelu": spec.quick_gelu})
 
 
 class Backbone(nn.Module):

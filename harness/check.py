@@ -20,7 +20,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report.leaderboard import Run
 from harness.report.reported import METRICS, counterpart, read_reported
-from harness.results import atomic_write
+from harness.files import atomic_write
 
 KEY = ("method", "benchmark", "split", "direction", "stage", "post")
 COST_METRICS = ("per_video_macs", "per_query_macs", "per_pair_macs")

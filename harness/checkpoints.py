@@ -6,15 +6,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from harness import registry
-from harness.backbone import load_weights_strictly, read_state_dict
+from harness.backbone import load_backbone, load_weights_strictly, read_state_dict
 from harness.errors import CheckpointError, SuiteError
+from harness.files import atomic_save
 from harness.method import Method
 from harness.suite import Suite, method_params
 
@@ -46,8 +46,9 @@ def load_official_mapped(method: Method, state: dict[str, Tensor], key_map: dict
 
 
 def load_checkpoint(method: Method, path: str | Path, checkpoint_format: str) -> None:
-    state = read_state_dict(path)
     source = f"{method.name} checkpoint {path}"
+    state = read_state_dict(path, f"{method.name} checkpoint",
+                            f"Fix the checkpoint of {method.name} in the suite's methods (or the file given to import).")
     if checkpoint_format == "official":
         method.load_official(state, source)
     else:
@@ -66,14 +67,8 @@ def build_method(suite: Suite, name: str, backbone) -> Method:
 def import_checkpoint(suite: Suite, name: str, path: str | Path, output: str | Path, quiet: bool = False) -> int:
     """Convert an official checkpoint into a harness state dict under the suite's protocol (its backbone
     and word count); returns the number of tensors written."""
-    from harness.run import load_backbone
-
     method = build_method(suite, name, load_backbone(suite, Path(suite.cache_dir).expanduser(), quiet))
     load_checkpoint(method, path, "official")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     state = method.state_dict()
-    temporary = output.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, output)
+    atomic_save(Path(output), lambda temporary: torch.save(state, temporary), "checkpoint")
     return len(state)

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
+    from harness.interrupt import Interrupted
     from harness.run import run_suite
     from harness.suite import load_suite
 
+    if args.resume and args.output and Path(args.resume) != Path(args.output):
+        raise HarnessError(f"--resume {args.resume} and --output {args.output}: give one run directory.")
+    if args.resume and not (Path(args.resume) / "results.json").is_file():
+        raise HarnessError(f"--resume {args.resume}: no results.json there; nothing to continue (give the run "
+                           "directory a previous `harness run` printed).")
     suite = load_suite(args.suite)
     if args.cache_dir:
         suite.cache_dir = args.cache_dir
-    run_suite(suite, Path(args.output) if args.output else None, quiet=args.quiet)
+    try:
+        run_suite(suite, Path(args.resume or args.output) if (args.resume or args.output) else None, quiet=args.quiet)
+    except Interrupted as stop:
+        again = ["harness", "run", args.suite, "--resume", str(stop.run_dir)]
+        again += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        again += ["--quiet"] if args.quiet else []
+        print(f"{stop.message}; continue with: {shlex.join(again)}", file=sys.stderr)
+        return stop.exit_code
+    return 0
 
 
 def _import_checkpoint(args: argparse.Namespace) -> None:
@@ -36,8 +52,8 @@ def _cost(args: argparse.Namespace) -> None:
     import json
 
     from harness.cost.report import cost_table, suite_cost
-    from harness.results import atomic_write
-    from harness.run import select_device
+    from harness.files import atomic_write
+    from harness.preflight import select_device
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -126,7 +142,10 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and evaluate every method of a suite, save results")
     run.add_argument("suite", help="suite YAML file, e.g. suites/synthetic.yaml")
-    run.add_argument("--output", help="run directory (default: runs/<suite>/<run-id>)")
+    run.add_argument("--output", help="run directory (default: runs/<suite>/<run-id>); one holding a previous "
+                                      "run's results continues it")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR: methods it finished with the "
+                                                         "same fingerprint are kept, the others run")
     run.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
@@ -183,12 +202,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.interrupt import Stopped, signal_number, stop_on_sigterm
+
     args = parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
+        with stop_on_sigterm():
+            return args.handler(args) or 0
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Stopped) as stop:  # outside a run: nothing partial was written (atomic writes)
+        number = signal_number(stop)
+        print(f"interrupted ({signal.Signals(number).name}): stopped; every file written so far is complete.",
+              file=sys.stderr)
+        return 128 + number
 
 
 if __name__ == "__main__":

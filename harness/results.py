@@ -1,17 +1,16 @@
-"""Run directory, result schema, atomic writes.
+"""Run directory contents and the results schema.
 
-runs/<suite>/<run-id>/: suite.yaml (resolved), results.json, ranks/*.csv (per-query ranks),
-checkpoints/<method>.pt, log.txt.
+runs/<suite>/<run-id>/: suite.yaml (resolved), results.json (its schema: harness/results.schema.json),
+ranks/*.csv (per-query ranks), checkpoints/<method>.pt.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -20,22 +19,14 @@ import pandas as pd
 import torch
 
 import harness
+from harness.errors import HarnessError
+from harness.files import atomic_write
 
 SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 ROW_FIELDS = ("method", "benchmark", "split", "direction", "stage", "post", "R1", "R5", "R10", "MdR", "MnR", "ties",
               "coverage", "queries", "gallery")
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "decord", "av", "numpy", "pandas")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; results and reports are shared
-    os.replace(temporary, path)
 
 
 def new_run_dir(base: Path, suite_name: str) -> Path:
@@ -88,12 +79,35 @@ def write_ranks(run_dir: Path, method: str, split: str, direction: str, ranks: n
     name = f"{method}__{split}__{direction}.csv"
     frame = pd.DataFrame({"query": np.arange(len(ranks)), "rank": ranks, "tied": tied, "query_text": query_text,
                           "video": query_video})
-    atomic_write(run_dir / "ranks" / name, frame.to_csv(index=False))
+    atomic_write(run_dir / "ranks" / name, frame.to_csv(index=False), "per-query ranks")
     return f"ranks/{name}"
 
 
 def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n", "results")
+
+
+@cache
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+
+
+def read_results(file: Path) -> dict:
+    """results.json, parsed and checked against the schema: a wrong shape is one error naming the file and
+    the JSON path (e.g. $.rows[3].R1), never a TypeError later."""
+    try:
+        results = json.loads(Path(file).read_text())
+    except OSError as error:
+        raise HarnessError(f"{file}: cannot be read ({error.strerror or error}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HarnessError(f"{file}: not valid JSON ({error}).") from None
+    problem = next(iter(sorted(_validator().iter_errors(results), key=lambda e: list(e.absolute_path))), None)
+    if problem is not None:
+        raise HarnessError(f"{file}: not a harness results file: at {problem.json_path}: {problem.message} "
+                           "(the format: harness/results.schema.json).")
+    return results
 
 
 def table(rows: list[dict]) -> str:

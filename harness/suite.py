@@ -46,6 +46,8 @@ class BenchmarkSpec:
     validation_split: str | None = None
     test_splits: list[str] = field(default_factory=list)
     allow_partial_gallery: bool = False
+    # Seconds one video may take to decode; a video that makes the decoder hang is reported as unreadable.
+    decode_timeout: float = 120.0
 
 
 @dataclass

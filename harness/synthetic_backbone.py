@@ -7,7 +7,6 @@ state-dict layout, and loaded through the same checkpoint loader as a real CLIP.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from harness.backbone import ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
 from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
+from harness.files import atomic_save
 from harness.method import symmetric_cross_entropy
 
 VERSION = 1  # bump when the recipe below changes: a new cache file is written
@@ -68,9 +68,6 @@ def synthetic_checkpoint(cache_dir: Path, seed: int, quiet: bool = False) -> Pat
     """Path of the cached pre-trained small CLIP (OpenAI layout), pre-training it on first use."""
     path = Path(cache_dir) / "backbones" / f"synthetic-small-v{VERSION}-seed{seed}.pt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = pretrain(seed, quiet)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
+        atomic_save(path, lambda temporary: torch.save(state, temporary), "synthetic backbone")
     return path

@@ -79,12 +79,12 @@ def test_frame_store_decodes_once_and_notices_a_changed_file(tmp_path):
     video = Video("v", path)
     frames, mask = store.load(video)
     assert frames.shape == (6, 32, 32, 3) and mask.tolist() == [True] * 4 + [False] * 2
-    assert len(list(store.folder.glob("*.npy"))) == 1
+    assert len(list(store.folder.glob("*.npz"))) == 1
     store.load(video)
-    assert len(list(store.folder.glob("*.npy"))) == 1  # cached, not decoded again
+    assert len(list(store.folder.glob("*.npz"))) == 1  # cached, not decoded again
     write_mp4(path, _coloured_clip(40), fps=5)  # the file changes
     frames, mask = store.load(video)
-    assert mask.sum() == 6 and len(list(store.folder.glob("*.npy"))) == 2
+    assert mask.sum() == 6 and len(list(store.folder.glob("*.npz"))) == 2
 
 
 def test_tokenize_sot_eot_padding():

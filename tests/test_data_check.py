@@ -14,7 +14,8 @@ import yaml
 
 from harness.cli import main
 from harness.data.synthetic import write_mp4
-from harness.errors import DataError
+from harness.errors import HarnessError
+from harness.preflight import PreflightError
 from harness.run import run_suite
 from harness.suite import load_suite
 
@@ -68,15 +69,15 @@ def test_data_check_reports_missing_and_corrupt_videos_by_id(tmp_path, vatex_roo
     assert [(r["split"], r["video_id"], r["problem"]) for r in offending] == [
         ("test", MISSING, "missing"), ("test", TRUNCATED, "unreadable")]
     # the readable videos were decoded into the frame cache the run reuses
-    assert len(list((tmp_path / "cache" / "frames").rglob("*.npy"))) == 2
+    assert len(list((tmp_path / "cache" / "frames").rglob("*.npz"))) == 2
 
 
 def test_run_refuses_a_split_with_missing_or_unreadable_videos(tmp_path, vatex_root, tiny_clip):
     suite = load_suite(write_suite(tmp_path, vatex_root, tiny_clip, allow_partial=False))
-    with pytest.raises(DataError, match=rf"1 of 4 video files are missing: {MISSING}"):
+    with pytest.raises(PreflightError, match=rf"1 of 4 video files are missing: {MISSING}"):
         run_suite(suite, tmp_path / "run", quiet=True)
     write_mp4(vatex_root / "videos" / f"{MISSING}.mp4", np.zeros((10, 32, 32, 3), dtype=np.uint8), fps=5)
-    with pytest.raises(DataError, match=rf"1 of 4 videos cannot be decoded: {TRUNCATED}"):
+    with pytest.raises(HarnessError, match=rf"1 of 4 videos cannot be decoded: {TRUNCATED}"):
         run_suite(suite, tmp_path / "run", quiet=True)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import DataError, SuiteError
+from harness.errors import SuiteError
+from harness.preflight import PreflightError
 from harness.run import run_suite
 from harness.suite import load_suite
 
@@ -105,7 +106,7 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_missing_data_path_stops_at_once_naming_files_and_layout(tmp_path):
     suite = load_suite(write(tmp_path, BASE.replace("/nowhere", str(tmp_path / "absent"))))
     suite.cache_dir = str(tmp_path / "cache")
-    with pytest.raises(DataError) as error:
+    with pytest.raises(PreflightError) as error:
         run_suite(suite, tmp_path / "run", quiet=True)
     message = str(error.value)
     assert str(tmp_path / "suite.yaml") in message

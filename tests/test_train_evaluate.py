@@ -12,7 +12,7 @@ from harness.backbone import Backbone, ClipShape, build_clip
 from harness.data.benchmark import Split, Video
 from harness.errors import TrainingError
 from harness.evaluate import score_in_chunks
-from harness.run import carve_validation
+from harness.preflight import carve_validation
 from harness.suite import TrainingSpec
 from harness.train import parameter_groups, train, warmup_cosine
 

@@ -12,15 +12,20 @@ does not count norms).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
+
+# fvcore.nn scripts a loss at import; torch's deprecation notice about it is not the user's business.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 from harness.errors import HarnessError
 

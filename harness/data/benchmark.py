@@ -8,6 +8,7 @@ A training split uses the same structure: every (video, caption) pair is a sampl
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -94,6 +95,35 @@ def paragraph_split(name: str, ids: list[str], sentences: dict[str, list[str]], 
 def read_lines(path: Path) -> list[str]:
     """One id a line (the official *_list.txt files); blank lines ignored."""
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """A CSV file with a header, read strictly: a quote left open, a row with more or fewer fields than
+    the header, or an undecodable byte is an error naming the file and the line where the row starts."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file; expected a header with {', '.join(columns)}.")
+            absent = [c for c in columns if c not in header]
+            if absent:
+                raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {header}.")
+            start = reader.line_num + 1
+            for fields in reader:
+                if len(fields) != len(header):
+                    raise DataError(f"{path}:{start}: {len(fields)} field(s); the header has {len(header)} "
+                                    f"({','.join(header)}).")
+                rows.append(dict(zip(header, fields)))
+                start = reader.line_num + 1
+        except csv.Error as error:
+            raise DataError(f"{path}:{start}: malformed CSV ({error}); expected {len(header)} fields "
+                            f"({','.join(header)}), a quoted field closed on its line.") from None
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error}).") from None
+    return rows
 
 
 def read_json(path: Path, kind: type, what: str) -> Any:

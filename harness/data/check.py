@@ -15,7 +15,7 @@ import pandas as pd
 from harness import registry
 from harness.data.frames import FrameStore
 from harness.errors import DataError
-from harness.results import atomic_write
+from harness.files import atomic_write
 from harness.suite import Suite
 
 
@@ -46,7 +46,8 @@ def check_data(suite: Suite, workers: int | None = None, quiet: bool = False) ->
     cache_dir = Path(suite.cache_dir).expanduser()
     cls = registry.benchmarks()[suite.benchmark.name]
     protocol = suite.protocol
-    store = FrameStore(cache_dir, protocol.frames, protocol.sampling, frame_size(suite), quiet, workers)
+    store = FrameStore(cache_dir, protocol.frames, protocol.sampling, frame_size(suite), quiet, workers,
+                       suite.benchmark.decode_timeout)
     named = [("train", suite.benchmark.train_split)] + [("test", s) for s in suite.benchmark.test_splits]
     try:
         benchmark = cls(suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet)

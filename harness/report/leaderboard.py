@@ -9,7 +9,6 @@ method, and the points of the accuracy-cost plot.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from harness.cost.model import MethodCost
 from harness.errors import HarnessError
 from harness.report.reported import METRICS, POST_NAMES, counterpart, read_reported
 from harness.report.stats import Interval, PairedTest, bootstrap_intervals, paired_permutation_test
+from harness.results import read_results
 
 SIGNIFICANCE = 0.05
 
@@ -44,16 +44,17 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """A run directory, or its results.json."""
     path = Path(path)
-    file = path if path.name == "results.json" else path / "results.json"
-    if not file.is_file():
-        raise HarnessError(f"{path}: no results.json there; give a run directory written by `harness run`.")
-    try:
-        results = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise HarnessError(f"{file}: not valid JSON ({error}).") from None
-    if "rows" not in results:
-        raise HarnessError(f"{file}: has no 'rows'; is it a harness results file?")
-    return Run(file.parent, results)
+    if path.is_dir():
+        file = path / "results.json"
+        if not file.is_file():
+            raise HarnessError(f"{path}: no results.json in this directory; give a run directory written by "
+                               "`harness run` (or its results.json).")
+    elif path.is_file():
+        file = path
+    else:
+        raise HarnessError(f"{path}: no such file or directory; give a run directory written by `harness run` "
+                           "(or its results.json).")
+    return Run(file.parent, read_results(file))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from markupsafe import Markup, escape
 
 from harness.report.leaderboard import Cell, Leaderboard, Run
 from harness.report.plot import frontier_pdf, frontier_svg
-from harness.results import atomic_write
+from harness.files import atomic_write
 
 FORMATS = ("html", "tex", "md")
 

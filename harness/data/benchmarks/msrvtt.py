@@ -6,25 +6,14 @@ test-1kA-multi evaluates the same 1,000 videos with all their captions from MSRV
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
-from pathlib import Path
 
-from harness.data.benchmark import Benchmark, Split, Video, grouped_split, read_json
+from harness.data.benchmark import Benchmark, Split, Video, grouped_split, read_csv, read_json
 from harness.errors import DataError
 
 DATA_JSON = "MSRVTT_data.json"
 TRAIN_CSV = {"train-9k": "MSRVTT_train.9k.csv", "train-7k": "MSRVTT_train.7k.csv"}
 TEST_CSV = "MSRVTT_JSFUSION_test.csv"
-
-
-def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        absent = [c for c in columns if c not in (reader.fieldnames or [])]
-        if absent:
-            raise DataError(f"{path}: missing column(s) {', '.join(absent)}; found {reader.fieldnames}.")
-        return list(reader)
 
 
 class MSRVTT(Benchmark):
@@ -46,13 +35,19 @@ class MSRVTT(Benchmark):
     def _sentences(self) -> dict[str, list[str]]:
         (path,) = self.require(DATA_JSON)
         data = read_json(path, dict, '{"videos": [...], "sentences": [{video_id, caption, sen_id}]}')
-        try:
-            sentences = data["sentences"]
-            by_video: dict[str, list[tuple[int, str]]] = defaultdict(list)
-            for entry in sentences:
+        sentences = data.get("sentences")
+        if not isinstance(sentences, list):
+            raise DataError(f"{path}: \"sentences\" is {type(sentences).__name__}; expected a list of "
+                            "{video_id, caption, sen_id}.")
+        by_video: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for index, entry in enumerate(sentences):
+            try:
+                if not isinstance(entry["video_id"], str) or not isinstance(entry["caption"], str):
+                    raise TypeError("video_id and caption must be strings")
                 by_video[entry["video_id"]].append((int(entry.get("sen_id", 0)), entry["caption"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise DataError(f"{path}: not in the MSRVTT_data.json format ({error}).") from None
+            except (KeyError, TypeError, ValueError) as error:
+                raise DataError(f"{path}: sentences[{index}] is {entry!r:.200} ({type(error).__name__}: {error}); "
+                                "expected {video_id: str, caption: str, sen_id: int}.") from None
         return {vid: [c for _, c in sorted(items)] for vid, items in by_video.items()}
 
     def load_split(self, split: str) -> Split:

@@ -17,6 +17,14 @@ RAW_CAPTIONS = "raw-captions.pkl"
 JSON_CAPTIONS = "captions_msvd.json"
 
 
+class PlainDataUnpickler(pickle.Unpickler):
+    """raw-captions.pkl holds only dicts, lists and strings: any class or function in the stream (what a
+    hostile pickle uses to run code) is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only dicts, lists and strings are accepted")
+
+
 class MSVD(Benchmark):
     """MSVD: train / val / test lists, ~41 captions per video (multi-caption)."""
 
@@ -36,9 +44,9 @@ class MSVD(Benchmark):
             (path,) = self.require(RAW_CAPTIONS)
             try:
                 with path.open("rb") as handle:
-                    data = pickle.load(handle)
+                    data = PlainDataUnpickler(handle).load()
             except Exception as error:  # unpickling raises many kinds
-                raise DataError(f"{path}: cannot be read as a pickle ({error}).") from None
+                raise DataError(f"{path}: cannot be read as a pickle of plain data ({error}).") from None
             if not isinstance(data, dict):
                 raise DataError(f"{path}: holds a {type(data).__name__}; expected {{id: [[token, ...], ...]}}.")
             return self._sentences(data, path), path

@@ -1,0 +1,76 @@
+"""Fingerprints: what produced a run's results, so that a resumed run reuses only what it would recompute
+identically, and names what differs otherwise.
+
+The run's shared part: the code version, the backbone weights (file hash), the annotation files (their
+hashes), the device type and the resolved suite without the methods and without what cannot change a
+number (its name, paths, cache folder, decode time limit). A method's fingerprint adds its resolved
+hyper-parameters and, when it evaluates a given checkpoint, that file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from harness.data.benchmark import fingerprint as file_fingerprint
+from harness.suite import MethodSpec
+
+# Suite keys that do not change any number: never a reason to refuse a resume.
+NEUTRAL_SUITE_KEYS = ("name", "methods", "cache_dir", "source", "benchmark.root", "benchmark.videos",
+                      "benchmark.decode_timeout", "backbone.checkpoint")
+
+
+def digest(data) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def shared_suite(suite: dict) -> dict[str, object]:
+    """The resolved suite's keys that can change a number, flattened to dotted paths."""
+    return {k: v for k, v in flatten(suite).items()
+            if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL_SUITE_KEYS)}
+
+
+def run_fingerprint(code_version: str, backbone_checkpoint: str, annotations: dict[str, str], device: str,
+                    suite: dict) -> dict[str, str]:
+    return {"code_version": code_version, "backbone_weights": file_fingerprint(Path(backbone_checkpoint)),
+            "annotations": digest(annotations), "device": device, "suite": digest(shared_suite(suite))}
+
+
+def method_fingerprint(spec: MethodSpec, run: dict[str, str]) -> str:
+    checkpoint = file_fingerprint(Path(spec.checkpoint).expanduser()) if spec.checkpoint else None
+    return digest({"method": spec.name, "params": spec.params, "checkpoint": checkpoint,
+                   "checkpoint_format": spec.checkpoint_format if spec.checkpoint else None, "run": run})
+
+
+def run_differences(stored: dict, now: dict) -> list[str]:
+    """What differs between a stored results.json and the run about to write into it (shared part)."""
+    before, after = stored.get("fingerprint") or {}, now["fingerprint"]
+    lines = [f"{key}: {before.get(key)} in the stored run, {after[key]} now" for key in after
+             if key != "suite" and before.get(key) != after[key]]
+    old, new = shared_suite(stored.get("suite") or {}), shared_suite(now["suite"])
+    lines += [f"suite {key}: {old.get(key)!r} in the stored run, {new.get(key)!r} now"
+              for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    return lines
+
+
+def method_differences(stored: dict, params: dict, checkpoint: str | None) -> list[str]:
+    """Why a stored method entry does not match the method about to run (its own part)."""
+    old = stored.get("params") or {}
+    lines = [f"params.{key}: {old.get(key)!r} in the stored run, {params.get(key)!r} now"
+             for key in sorted(old.keys() | params.keys()) if old.get(key) != params.get(key)]
+    given = stored.get("checkpoint") if "checkpoint_format" in stored else None  # else the run's own checkpoint
+    if given != checkpoint:
+        lines.append(f"checkpoint: {given} in the stored run, {checkpoint} now")
+    return lines or ["its checkpoint file changed"]

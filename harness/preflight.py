@@ -1,0 +1,154 @@
+"""Pre-flight: everything a run can check without computing, checked before the first method starts.
+
+The device is usable, the run directory writable, every split's annotation files read and every video
+file present, the CLIP checkpoint read, and every method checkpoint the suite lists read (weights only)
+and matched against its method's keys and shapes. All problems are collected and reported together in one
+`PreflightError` (exit 2), so a bad second checkpoint does not surface after the first method trained
+for an hour.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import registry
+from harness.backbone import Backbone, load_backbone, read_state_dict
+from harness.checkpoints import load_checkpoint
+from harness.data.benchmark import Benchmark, Split, check_videos
+from harness.errors import DataError, HarnessError
+from harness.suite import Suite
+
+
+class PreflightError(HarnessError):
+    """One or more problems found before any work started; the message lists them all."""
+
+
+@dataclass
+class Prepared:
+    """What the checks produced, for the run to use."""
+
+    device: torch.device
+    benchmark: Benchmark
+    backbone: Backbone
+    test_splits: list[Split]
+    train_split: Split | None = None
+    validation: Split | None = None
+    methods: dict[str, type] = field(default_factory=dict)
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("the suite asks for device 'cuda' but no CUDA device is available.")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def usable_device(choice: str) -> torch.device:
+    device = select_device(choice)
+    try:
+        torch.ones(2, device=device).sum().item()
+    except RuntimeError as error:
+        raise HarnessError(f"device {device} is not usable: {error}") from None
+    return device
+
+
+def writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"probe")
+    except OSError as error:
+        raise HarnessError(f"the run directory {folder} is not writable: {error.strerror or error}.") from None
+
+
+class Problems:
+    """Runs checks, keeping each one's error instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, where: str, action: Callable):
+        try:
+            return action()
+        except HarnessError as error:
+            self.found.append(f"{where}: {error}")
+            return None
+
+
+def carve_validation(train_split: Split, count: int, seed: int) -> tuple[Split, Split | None]:
+    """A deterministic validation split (one caption per video) carved from the training videos."""
+    if count <= 0:
+        return train_split, None
+    if count >= len(train_split.videos):
+        raise DataError(f"validation_videos={count} leaves no training video (the split has {len(train_split.videos)}).")
+    order = sorted(range(len(train_split.videos)), key=lambda i: train_split.videos[i].id)
+    chosen = set(np.random.default_rng(seed).permutation(order)[:count].tolist())
+    keep = [i for i in range(len(train_split.videos)) if i not in chosen]
+    validation = train_split.subset("validation", sorted(chosen), first_caption_only=True)
+    return train_split.subset(train_split.name, keep), validation
+
+
+def load_splits(suite: Suite, benchmark: Benchmark, methods: dict[str, type], problems: Problems) -> dict:
+    """The test splits, and the training and validation splits when a method will train; a missing
+    annotation file or video file is a problem (dropped instead, where a partial gallery is allowed)."""
+    spec, partial = suite.benchmark, suite.benchmark.allow_partial_gallery
+    needs_training = any(methods[m.name].trainable and m.checkpoint is None for m in suite.methods)
+    named = [("test", name) for name in spec.test_splits]
+    if needs_training:
+        if spec.train_split is None:
+            problems.found.append("benchmark.train_split: a trainable method is listed but no training split is given.")
+        else:
+            named.append(("train", spec.train_split))
+            if spec.validation_split is not None:
+                named.append(("validation", spec.validation_split))
+    splits: dict = {"test": []}
+    for role, name in named:
+        split = problems.check(f"benchmark ({spec.name})",
+                               lambda: check_videos(benchmark.load_split(name), partial))
+        if split is None:
+            continue
+        if role == "test":
+            splits["test"].append(split)
+        else:
+            splits[role] = split
+    if "train" in splits and spec.validation_split is None:
+        carved = problems.check("training.validation_videos", lambda: carve_validation(
+            splits["train"], suite.training.validation_videos, suite.seed))
+        if carved is not None:
+            splits["train"], splits["validation"] = carved
+    return splits
+
+
+def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
+    problems = Problems()
+    device = problems.check("device", lambda: usable_device(suite.device))
+    problems.check("output", lambda: writable(run_dir))
+    cache_dir = Path(suite.cache_dir).expanduser()
+    methods = {m.name: registry.methods()[m.name] for m in suite.methods}
+    benchmark = problems.check(f"benchmark ({suite.benchmark.name})", lambda: registry.benchmarks()[suite.benchmark.name](
+        suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet))
+    splits = load_splits(suite, benchmark, methods, problems) if benchmark is not None else {"test": []}
+    backbone = problems.check("backbone", lambda: load_backbone(suite, cache_dir, quiet))
+    for index, spec in enumerate(suite.methods):
+        if spec.checkpoint is None:
+            continue
+        where = f"methods[{index}] ({spec.name}) checkpoint"
+        if backbone is None:  # the file can still be read; its keys are checked against the model once it loads
+            problems.check(where, lambda: read_state_dict(spec.checkpoint, f"{spec.name} checkpoint"))
+            continue
+        cls = methods[spec.name]
+        problems.check(where, lambda: load_checkpoint(cls(copy.deepcopy(backbone), cls.Params(**spec.params)),
+                                                      spec.checkpoint, spec.checkpoint_format))
+    if problems.found:
+        listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems.found, start=1))
+        raise PreflightError(f"{suite.source}: {len(problems.found)} problem(s) found before any work started "
+                             f"(nothing was trained or written):\n{listed}")
+    return Prepared(device, benchmark, backbone, splits["test"], splits.get("train"), splits.get("validation"), methods)
