@@ -1,9 +1,10 @@
 """Fingerprints: what produced a run's results, so that a resumed run reuses only what it would recompute
 identically, and names what differs otherwise.
 
-The run's shared part: the code version, the backbone weights (file hash), the annotation files (their
-hashes), the device type and the resolved suite without the methods and without what cannot change a
-number (its name, paths, cache folder, decode time limit). A method's fingerprint adds its resolved
+The run's shared part: the code version, the backbone weights (file hash), the device type and the
+resolved suite without the methods and without what cannot change a number (its name, paths, cache folder,
+decode time limit); besides, every annotation file both runs read must have the same hash (a run that adds
+a method may read a file the stored one did not, e.g. the training list). A method's fingerprint adds its resolved
 hyper-parameters and, when it evaluates a given checkpoint, that file's hash.
 """
 
@@ -42,10 +43,9 @@ def shared_suite(suite: dict) -> dict[str, object]:
             if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL_SUITE_KEYS)}
 
 
-def run_fingerprint(code_version: str, backbone_checkpoint: str, annotations: dict[str, str], device: str,
-                    suite: dict) -> dict[str, str]:
+def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, suite: dict) -> dict[str, str]:
     return {"code_version": code_version, "backbone_weights": file_fingerprint(Path(backbone_checkpoint)),
-            "annotations": digest(annotations), "device": device, "suite": digest(shared_suite(suite))}
+            "device": device, "suite": digest(shared_suite(suite))}
 
 
 def method_fingerprint(spec: MethodSpec, run: dict[str, str]) -> str:
@@ -59,6 +59,9 @@ def run_differences(stored: dict, now: dict) -> list[str]:
     before, after = stored.get("fingerprint") or {}, now["fingerprint"]
     lines = [f"{key}: {before.get(key)} in the stored run, {after[key]} now" for key in after
              if key != "suite" and before.get(key) != after[key]]
+    files, files_now = stored.get("benchmark", {}).get("annotations", {}), now["benchmark"]["annotations"]
+    lines += [f"annotation file {name}: {files[name]} in the stored run, {files_now[name]} now"
+              for name in sorted(files.keys() & files_now.keys()) if files[name] != files_now[name]]
     old, new = shared_suite(stored.get("suite") or {}), shared_suite(now["suite"])
     lines += [f"suite {key}: {old.get(key)!r} in the stored run, {new.get(key)!r} now"
               for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]

@@ -103,8 +103,8 @@ def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str,
 def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_policy: str) -> dict:
     protocol, training, validation = suite.protocol, suite.training, prepared.validation
     version = code_version()
-    fingerprint = run_fingerprint(version, prepared.backbone.provenance["checkpoint"],
-                                  prepared.benchmark.fingerprints(), prepared.device.type, suite.to_dict())
+    fingerprint = run_fingerprint(version, prepared.backbone.provenance["checkpoint"], prepared.device.type,
+                                  suite.to_dict())
     return {
         "schema_version": SCHEMA_VERSION,
         "code_version": version,
