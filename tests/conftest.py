@@ -1,11 +1,18 @@
+"""Shared fixtures. The golden files (official outputs on small random weights) are read from
+`tests/data/golden/` or, when the environment variable HARNESS_GOLDEN_DIR is set, from that directory:
+the golden tests take every shape and count from the files, so golden files of the same layout made with
+other seeds and shapes can be checked with `HARNESS_GOLDEN_DIR=DIR pytest tests/test_glscl.py ...`."""
+
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 DATA = Path(__file__).parent / "data"
+GOLDEN_DIR = Path(os.environ.get("HARNESS_GOLDEN_DIR") or DATA / "golden")
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +25,19 @@ def clip_file(tmp_path_factory) -> Path:
     """The official CLIP4Clip meanP state dict's clip.* weights: an OpenAI-layout CLIP of the golden shape."""
     from harness.backbone import read_state_dict
 
-    state = read_state_dict(DATA / "golden" / "clip4clip_meanP_official_state_dict.pt")
+    state = read_state_dict(GOLDEN_DIR / "clip4clip_meanP_official_state_dict.pt")
     path = tmp_path_factory.mktemp("clip") / "clip_openai_layout.pt"
     torch.save({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")}, path)
     return path
 
 
 def load_golden(name: str) -> dict:
-    return torch.load(DATA / "golden" / name, weights_only=True)
+    """A golden file (or an official state dict beside it) from GOLDEN_DIR."""
+    path = GOLDEN_DIR / name
+    if not path.is_file():
+        raise FileNotFoundError(f"golden file {name} not found in {GOLDEN_DIR} (set by HARNESS_GOLDEN_DIR; "
+                                "that directory needs the layout of tests/data/golden)")
+    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The backbone reproduces the official CLIP4Clip text and frame features, and meanP its scores."""
+"""The backbone reproduces the official CLIP4Clip text and frame features, and meanP its scores.
+
+Shapes come from the golden files (HARNESS_GOLDEN_DIR, see conftest.py and test_clip4clip.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def test_text_and_frame_features_match_official(clip_file):
     with torch.no_grad():
         sentence, words = backbone.encode_text(golden["text_ids"])
         frames = backbone.encode_frames(golden["video"])
-    assert words.shape == (*golden["text_ids"].shape, 64)
+    assert words.shape == (*golden["text_ids"].shape, golden["meanP"]["sequence_output"].shape[-1])
     assert (sentence - golden["meanP"]["sequence_output"].squeeze(1)).abs().max() <= TOLERANCE
     assert (frames - golden["meanP"]["visual_output"]).abs().max() <= TOLERANCE
 
@@ -39,14 +41,15 @@ def test_meanp_scores_match_official(clip_file):
 
 def test_meanp_ignores_padding_frames_and_frame_order(clip_file):
     golden = load_golden("clip4clip_golden.pt")
-    method = MeanP(Backbone(load_clip("auto", clip_file, 12)), MeanP.Params()).eval()
+    backbone = Backbone(load_clip("auto", clip_file, golden["text_ids"].shape[1]))
+    method = MeanP(backbone, MeanP.Params()).eval()
     video, mask = golden["video"], golden["video_mask"].bool()
     with torch.no_grad():
         base = method.encode_video(video, mask)["video"]
         noisy = video.clone()
         noisy[~mask] = torch.randn_like(noisy[~mask])
         assert (method.encode_video(noisy, mask)["video"] - base).abs().max() <= 1e-6
-        order = torch.tensor([2, 0, 1, 3, 4, 5])
+        order = torch.arange(video.shape[1]).roll(1)
         full = torch.ones_like(mask)
         assert (method.encode_video(video[:, order], full)["video"] - method.encode_video(video, full)["video"]).abs().max() <= 1e-6
 
@@ -55,7 +58,9 @@ def test_checkpoint_errors_are_clear(clip_file, tmp_path):
     with pytest.raises(CheckpointError, match="CLIP checkpoint not found"):
         load_clip("auto", tmp_path / "absent.pt", 12)
     state = torch.load(clip_file, weights_only=True)
-    state["visual.proj"] = state["visual.proj"][:, :32]
+    vision_width, dim = state["visual.proj"].shape
+    positions = state["positional_embedding"].shape[0]
+    state["visual.proj"] = state["visual.proj"][:, : dim // 2]
     del state["ln_final.bias"]
     state["extra.weight"] = torch.zeros(1)
     broken = tmp_path / "broken.pt"
@@ -64,9 +69,10 @@ def test_checkpoint_errors_are_clear(clip_file, tmp_path):
         load_clip("auto", broken, 12)
     message = str(error.value)
     assert "missing: ln_final.bias" in message and "unexpected: extra.weight" in message
-    assert "wrong shape: visual.proj (128, 32) != (128, 64)" in message
-    with pytest.raises(CheckpointError, match="64 words requested, the checkpoint has 20 positions"):
-        load_clip("auto", clip_file, 64)
+    assert f"wrong shape: visual.proj ({vision_width}, {dim // 2}) != ({vision_width}, {dim})" in message
+    too_many = f"{positions + 1} words requested, the checkpoint has {positions} positions"
+    with pytest.raises(CheckpointError, match=too_many):
+        load_clip("auto", clip_file, positions + 1)
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_clip("ViT-B-32", clip_file, 12)  # a small checkpoint is not a ViT-B/32
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

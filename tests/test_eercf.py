@@ -1,12 +1,24 @@
 """EERCF: official golden scores, training-mode scores and Pearson terms through the checkpoint import;
-the two-stage ranking against the official rerank rule; the Pearson constraint and the loss by hand."""
+the two-stage ranking against the official rerank rule; the Pearson constraint and the loss by hand.
+
+Every shape comes from the golden files (HARNESS_GOLDEN_DIR, see conftest.py): texts, videos, frames,
+words and the training pairs from `eercf_golden.pt`; block count and frame positions from the state dict;
+the rerank weights from its `rerank` entry. Files of this layout come from the official EERCF code
+(`sim_header=seqTransf`) built on a small random OpenAI-layout CLIP: its `state_dict()`; in eval mode on
+random `text_ids`/`text_mask` and `video`/`video_mask` (padded frames at the end), the text, word, frame
+and patch features and the five evaluation score matrices of its evaluation loop; in training mode with
+dropout off on the first `train_pairs` pairs, the forward's five score matrices and its three
+Pearson-constraint terms before their weights.
+"""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
-from conftest import DATA, load_golden
+from conftest import GOLDEN_DIR, load_golden
 from harness.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 from harness.evaluate import two_stage_scores
@@ -14,20 +26,22 @@ from methods.eercf import EERCF, EERCFParams
 from methods.eercf.scores import pearson_constraint
 
 GOLDEN = load_golden("eercf_golden.pt")
-OFFICIAL = read_state_dict(DATA / "golden" / "eercf_official_state_dict.pt")
+OFFICIAL = read_state_dict(GOLDEN_DIR / "eercf_official_state_dict.pt")
 # On cosines (every official score carries the logit scale, 100.003 here); measured <= 3.1e-7, i.e.
 # <= 3.1e-5 on the scaled scores, whose values reach 34.
 TOLERANCE = 1e-5
 SCORES = ("video", "weak_frame", "strong_frame", "weak_patch", "strong_patch")  # the official order
+N_TEXTS, N_VIDEOS, FRAMES = GOLDEN["text_ids"].shape[0], *GOLDEN["video"].shape[:2]
+SEQ_LAYERS = len({m.group(1) for key in OFFICIAL if (m := re.match(r"transformerClip\.resblocks\.(\d+)\.", key))})
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory) -> EERCF:
     path = tmp_path_factory.mktemp("eercf") / "clip.pt"
     torch.save({k[len("clip."):]: v for k, v in OFFICIAL.items() if k.startswith("clip.")}, path)
-    frames = GOLDEN["video"].shape[1]
-    method = EERCF(Backbone(load_clip("auto", path, GOLDEN["text_ids"].shape[1])),
-                   EERCFParams(frames=frames, frame_positions=OFFICIAL["frame_position_embeddings.weight"].shape[0]))
+    params = EERCFParams(layers=SEQ_LAYERS, frames=FRAMES,
+                         frame_positions=OFFICIAL["frame_position_embeddings.weight"].shape[0])
+    method = EERCF(Backbone(load_clip("auto", path, GOLDEN["text_ids"].shape[1])), params)
     method.load_official(OFFICIAL, "eercf_official_state_dict.pt")
     return method.eval()
 
@@ -39,43 +53,55 @@ def features(official):
                 official.encode_video(GOLDEN["video"], GOLDEN["video_mask"].bool()))
 
 
+@pytest.fixture(scope="module")
+def train_features(official):
+    """Features of the first `train_pairs` (text, video) pairs, the official training batch."""
+    pairs = GOLDEN["train_pairs"]
+    with torch.no_grad():
+        return (official.encode_text(GOLDEN["text_ids"][:pairs], GOLDEN["text_mask"][:pairs].bool()),
+                official.encode_video(GOLDEN["video"][:pairs], GOLDEN["video_mask"][:pairs].bool()))
+
+
 def test_official_import_reproduces_the_five_evaluation_scores(official, features):
     with torch.no_grad():
         ours = official.evaluation_scores(*features)
         scale = official.scale()
     for name in SCORES:
+        assert ours[name].shape == GOLDEN[f"score_{name}"].shape == (N_TEXTS, N_VIDEOS), name
         assert ((ours[name] - GOLDEN[f"score_{name}"]) / scale).abs().max() <= TOLERANCE, name
     assert (official.coarse_score(*features) - GOLDEN["score_video"]).abs().max() / scale <= TOLERANCE
 
 
-def test_training_mode_scores_and_pearson_terms_reproduce_the_official_ones(official, features):
+def test_training_mode_scores_and_pearson_terms_reproduce_the_official_ones(official, train_features):
     with torch.no_grad():
-        logits, pearson = official.training_scores(*features)
+        logits, pearson = official.training_scores(*train_features)
         scale = official.scale()
-    for name, expected in zip(SCORES, GOLDEN["train_logits"]):
+    for name, expected in zip(SCORES, GOLDEN["train_logits"], strict=True):
+        assert logits[name].shape == expected.shape, name
         assert ((logits[name] - expected) / scale).abs().max() <= TOLERANCE, name
     for name, expected in zip(("video", "frame", "patch"), GOLDEN["train_pearson_terms"]):
         assert pearson[name].item() == pytest.approx(expected.item(), rel=1e-5), name
 
 
 def official_rule(k: int) -> torch.Tensor:
-    """The released evaluation: per query, the top k videos by score_video get 100 + the rerank mix."""
+    """The released evaluation: per query, the top k videos by score_video get the offset (100) plus the
+    rerank mix, with the weights the golden file records."""
     final = GOLDEN["score_video"].clone()
-    rerank = (100 + 0.8 * GOLDEN["score_weak_frame"] + 0.2 * GOLDEN["score_strong_frame"]
-              + 0.2 * GOLDEN["score_weak_patch"] + 0.5 * GOLDEN["score_video"])
+    weights = GOLDEN["rerank"]["weights"]
+    rerank = GOLDEN["rerank"]["offset"] + sum(weight * GOLDEN[f"score_{name}"] for name, weight in weights.items())
     top = torch.argsort(GOLDEN["score_video"], dim=1)[:, -k:]
     for q in range(final.shape[0]):
         final[q, top[q]] = rerank[q, top[q]]
     return final
 
 
-@pytest.mark.parametrize("k", range(1, 7))
+@pytest.mark.parametrize("k", range(1, N_VIDEOS + 1))
 def test_two_stage_ranking_equals_the_official_rule_for_every_k(official, features, k):
     text, video = features
     with torch.no_grad():
         ours, computed = two_stage_scores(official, text, video, official.coarse_score(text, video), k, "t2v",
                                           torch.device("cpu"))
-    assert computed == k * 6
+    assert computed == k * N_TEXTS  # k fine scores per query
     expected = official_rule(k)
     assert torch.equal(torch.argsort(ours, dim=1, descending=True), torch.argsort(expected, dim=1, descending=True))
 
@@ -90,12 +116,12 @@ def test_pearson_constraint_by_hand():
     assert pearson_constraint(twins, twins, 0.0, 1.0) == pytest.approx(2 * (4 / 5) ** 2, rel=1e-5)
 
 
-def test_loss_combines_the_official_weights(official, features):
+def test_loss_combines_the_official_weights(official, train_features):
     with torch.no_grad():
-        terms = official.loss(*features)
-        logits, pearson = official.training_scores(*features)
+        terms = official.loss(*train_features)
+        logits, pearson = official.training_scores(*train_features)
     weak = torch.nn.functional.cross_entropy  # symmetric cross-entropy by hand
-    target = torch.arange(6)
+    target = torch.arange(GOLDEN["train_pairs"])
 
     def sym(x):
         return 0.5 * (weak(x, target) + weak(x.t(), target))

@@ -1,4 +1,13 @@
-"""X-Pool head: official golden features and scores, its formula by hand, masking, chunking, import."""
+"""X-Pool head: official golden features and scores, its formula by hand, masking, chunking, import.
+
+The golden test takes its shapes from the golden files (HARNESS_GOLDEN_DIR, see conftest.py): texts,
+videos, frames and width from `xpool_metrics_golden.pt`'s features, the head count from each case's
+`config`. Files of this layout come from the official X-Pool code (layer6ai-labs/xpool, `modules/transformer.py`
+`Transformer` with `embed_dim`, `num_mha_heads` and `transformer_dropout=0`), its weights moved off their
+identity initialisation: the head's `state_dict()` under `pool_frames.` and, in eval mode on random text
+features (n_texts, D) and frame features (n_videos, T, D), its output `pooled` (n_videos, n_texts, D) and
+the cosine of each text with its own pooled video.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines.xpool import XPool, XPoolParams
-from conftest import DATA, load_golden
+from conftest import GOLDEN_DIR, load_golden
 from harness.backbone import Backbone, ClipShape, build_clip
 from harness.errors import CheckpointError
 
@@ -27,17 +36,21 @@ def features(text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor | None
     return {"text": text}, {"frames": frames, "frame_mask": mask}
 
 
-@pytest.mark.parametrize("heads, state_file, pooled_key, score_key", [
-    (1, "xpool_head_official_state_dict.pt", "pooled", "score"),
-    (4, "xpool_head4_official_state_dict.pt", "pooled_heads4", "score_heads4"),
+@pytest.mark.parametrize("config_key, state_file, pooled_key, score_key", [
+    ("config", "xpool_head_official_state_dict.pt", "pooled", "score"),
+    ("config_heads4", "xpool_head4_official_state_dict.pt", "pooled_heads4", "score_heads4"),
 ])
-def test_official_head_reproduces_golden(heads, state_file, pooled_key, score_key):
-    method = XPool(backbone(), XPoolParams(num_heads=heads, dropout=0.0)).eval()
-    method.load_official_head(torch.load(DATA / "golden" / state_file, weights_only=True))
+def test_official_head_reproduces_golden(config_key, state_file, pooled_key, score_key):
+    config = GOLDEN[config_key]
+    assert config["embed_dim"] == GOLDEN["text"].shape[1] == GOLDEN["frames"].shape[2]
+    method = XPool(backbone(config["embed_dim"]), XPoolParams(num_heads=config["num_mha_heads"], dropout=0.0)).eval()
+    method.load_official_head(load_golden(state_file))
     text, video = features(GOLDEN["text"], GOLDEN["frames"])
     with torch.no_grad():
-        assert (method.pooled(text, video) - GOLDEN[pooled_key]).abs().max() <= TOLERANCE
-        assert (method.score(text, video) - GOLDEN[score_key]).abs().max() <= TOLERANCE
+        pooled, score = method.pooled(text, video), method.score(text, video)
+    assert pooled.shape == GOLDEN[pooled_key].shape and score.shape == GOLDEN[score_key].shape
+    assert (pooled - GOLDEN[pooled_key]).abs().max() <= TOLERANCE
+    assert (score - GOLDEN[score_key]).abs().max() <= TOLERANCE
 
 
 def test_identity_initialisation_matches_the_formula_by_hand():
@@ -91,13 +104,14 @@ def test_chunked_pooling_equals_unchunked_and_gradients_reach_the_head():
 
 
 def test_import_rejects_missing_and_misshapen_keys():
-    state = torch.load(DATA / "golden" / "xpool_head_official_state_dict.pt", weights_only=True)
-    state["pool_frames.linear_proj.weight"] = state["pool_frames.linear_proj.weight"][:32]
+    state = load_golden("xpool_head_official_state_dict.pt")
+    dim = state["pool_frames.linear_proj.weight"].shape[1]
+    state["pool_frames.linear_proj.weight"] = state["pool_frames.linear_proj.weight"][: dim // 2]
     del state["pool_frames.layer_norm3.bias"]
     state["pool_frames.extra"] = torch.zeros(1)
-    method = XPool(backbone(), XPoolParams())
+    method = XPool(backbone(dim), XPoolParams())
     with pytest.raises(CheckpointError) as error:
         method.load_official_head(state, "xpool.pth")
     message = str(error.value)
     assert "xpool.pth" in message and "missing: layer_norm3.bias" in message and "unexpected: extra" in message
-    assert "wrong shape: linear_proj.weight (32, 64) != (64, 64)" in message
+    assert f"wrong shape: linear_proj.weight ({dim // 2}, {dim}) != ({dim}, {dim})" in message
