@@ -11,8 +11,10 @@ SIGTERM stop the run with what is finished kept (harness/interrupt.py).
 from __future__ import annotations
 
 import copy
+import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from harness.evaluate import StageScores, evaluate_split, rank_split
 from harness.files import atomic_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.interrupt import Interrupted, Stopped, signal_number
+from harness.method import Method
 from harness.metrics import RECALL_AT, summarize
 from harness.preflight import Prepared, preflight
 from harness.results import (SCHEMA_VERSION, code_version, environment, new_run_dir, read_results, started_at,
@@ -76,28 +79,28 @@ def stored_results(run_dir: Path) -> dict | None:
 
 
 def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str, str], suite: Suite,
-                     run_dir: Path) -> list[str]:
+                     run_dir: Path, force: bool = False, log=print) -> list[str]:
     """The suite's methods the stored run already finished, to keep. A stored run with finished methods that
-    was produced differently is refused with what differs; a method of the suite stored with other params
-    likewise."""
+    was produced differently is refused with what differs (a method of the suite stored with other params
+    likewise); with `force`, what differs is named and the methods it concerns run again."""
     finished = list((stored or {}).get("methods", {}))
     if not finished:
         return []
-    refuse = (f"{run_dir} holds finished results ({', '.join(finished)}) of a run that differs from this one; "
-              "they are kept as they are. Give another --output, or fix the suite to match the stored run. ")
     differences = run_differences(stored, results)
-    if differences:
-        raise HarnessError(refuse + "What differs: " + "; ".join(differences) + ".")
-    kept = []
     for spec in suite.methods:
         entry = stored["methods"].get(spec.name)
-        if entry is None:
-            continue
-        if entry.get("fingerprint") != fingerprints[spec.name]:
-            raise HarnessError(refuse + f"What differs: {spec.name} " + "; ".join(
-                method_differences(entry, spec.params, spec.checkpoint)) + ".")
-        kept.append(spec.name)
-    return kept
+        if entry is not None and entry.get("fingerprint") != fingerprints[spec.name] and not differences:
+            differences += [f"{spec.name} {line}" for line in method_differences(entry, spec.params, spec.checkpoint)]
+    if differences and not force:
+        raise HarnessError(f"{run_dir} holds finished results ({', '.join(finished)}) of a run that differs from "
+                           "this one; they are kept as they are. Give another --output, fix the suite to match the "
+                           "stored run, or give --force to run the differing methods again beside the others. What "
+                           "differs: " + "; ".join(differences) + ".")
+    if differences:
+        log(f"--force: {run_dir} was produced differently (" + "; ".join(differences) + "); the methods concerned "
+            "run again")
+    return [spec.name for spec in suite.methods
+            if stored["methods"].get(spec.name, {}).get("fingerprint") == fingerprints[spec.name]]
 
 
 def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_policy: str) -> dict:
@@ -134,73 +137,149 @@ def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_polic
     }
 
 
-def run_method(spec: MethodSpec, suite: Suite, prepared: Prepared, store: FrameStore, train_store: FrameStore | None,
-               train_policy: str, run_dir: Path, quiet: bool, log) -> tuple[dict, list[dict]]:
-    """Train (or load) one method, evaluate it on every test split and measure its cost: its results entry
-    and rows."""
-    protocol, training, evaluation, device = suite.protocol, suite.training, suite.evaluation, prepared.device
-    cls = prepared.methods[spec.name]
-    torch.manual_seed(suite.seed)  # head initialisation does not depend on the method order
-    method = cls(copy.deepcopy(prepared.backbone), cls.Params(**spec.params)).to(device)
-    entry = {"params": asdict(method.params), "trained": cls.trainable and spec.checkpoint is None,
-             "reported_as": cls.reported_as, "benchmark_defaults": cls.benchmark_defaults.get(suite.benchmark.name, {}),
+@dataclass
+class RunContext:
+    """What every stage of one run shares."""
+
+    suite: Suite
+    prepared: Prepared
+    store: FrameStore
+    train_store: FrameStore | None
+    train_policy: str
+    run_dir: Path
+    quiet: bool = False
+    force: bool = False
+    log: Callable = print
+
+
+def build_method(ctx: RunContext, spec: MethodSpec) -> Method:
+    cls = ctx.prepared.methods[spec.name]
+    torch.manual_seed(ctx.suite.seed)  # head initialisation does not depend on the method order
+    return cls(copy.deepcopy(ctx.prepared.backbone), cls.Params(**spec.params)).to(ctx.prepared.device)
+
+
+def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: str) -> dict:
+    """Train the method (continuing an interrupted training), or reuse a finished training of the same
+    fingerprint; the method ends with the selected weights. Its output, stored in stages/<method>.train.json
+    with the fingerprint: the training record and the checkpoint path."""
+    suite, prepared, run_dir = ctx.suite, ctx.prepared, ctx.run_dir
+    checkpoint = run_dir / "checkpoints" / f"{spec.name}.pt"
+    state_file = run_dir / "checkpoints" / f"{spec.name}.train-state.pt"
+    stage_file = run_dir / "stages" / f"{spec.name}.train.json"
+    done = json.loads(stage_file.read_text()) if stage_file.is_file() else None
+    if done is not None and done["fingerprint"] == fingerprint and checkpoint.is_file():
+        load_checkpoint(method, checkpoint, "harness")
+        ctx.log(f"  {spec.name}: training kept ({stage_file.relative_to(run_dir)}, same fingerprint)")
+        return done["output"]
+    stale = [f for f in (state_file, stage_file) if f.is_file() and stored_fingerprint(f) != fingerprint]
+    if stale and not ctx.force:
+        raise HarnessError(f"{run_dir}: the unfinished training of {spec.name} there ({stale[0].name}) was started by a "
+                           "run that differs from this one; continue it with the suite it was started with, or give "
+                           "--force to discard it and train from the start.")
+    for file in stale:
+        file.unlink()
+    protocol, training = suite.protocol, suite.training
+    batches = PairBatches(prepared.train_split, ctx.train_store, protocol.words, training.batch_size, suite.seed,
+                          ctx.train_policy, protocol.frames, ctx.store.size)
+    validation = prepared.validation if training.selection == "validation" else None
+    record = train(method, batches, validation, ctx.store, protocol.words, training, suite.evaluation.batch_size,
+                   suite.evaluation.score_chunk, prepared.device, ctx.quiet, ctx.log, state_file, fingerprint)
+    state = method.state_dict()
+    atomic_save(checkpoint, lambda temporary: torch.save(state, temporary), "checkpoint")
+    output = {"training": asdict(record), "checkpoint": str(checkpoint.relative_to(run_dir))}
+    atomic_write(stage_file, json.dumps({"fingerprint": fingerprint, "output": output}, indent=2), "stage record")
+    state_file.unlink(missing_ok=True)  # optimizer moments and the best weights so far: no longer needed
+    return output
+
+
+def stored_fingerprint(file: Path) -> str | None:
+    """The fingerprint a stage record (.json) or a training state (.pt) was written with."""
+    try:
+        if file.suffix == ".json":
+            return json.loads(file.read_text()).get("fingerprint")
+        return torch.load(file, map_location="cpu", weights_only=True).get("fingerprint")
+    except Exception:  # unreadable: as good as written by another run
+        return None
+
+
+def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[dict]:
+    """Every test split, every direction and retrieval stage: rows, with their per-query ranks written."""
+    suite, evaluation = ctx.suite, ctx.suite.evaluation
+    rows = []
+    for split in ctx.prepared.test_splits:
+        for stage in evaluate_split(method, split, ctx.store, suite.protocol.words, evaluation.batch_size,
+                                    evaluation.score_chunk, ctx.prepared.device, suite.training.mixed_precision,
+                                    ctx.quiet, tuple(evaluation.directions)):
+            rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
+    return rows
+
+
+def cost_stage(ctx: RunContext, method: Method) -> dict:
+    """MACs per stage (counted) and wall-clock time per stage (measured)."""
+    protocol, size, device = ctx.suite.protocol, ctx.store.size, ctx.prepared.device
+    cost = method_cost(method, protocol.frames, protocol.words, size).to_dict(
+        gallery=max(len(s.videos) for s in ctx.prepared.test_splits))
+    cost["timing"] = {stage: asdict(t) for stage, t in time_method(
+        method, protocol.frames, protocol.words, size, device, cost["score"]["per_pair"], repeats=3).items()}
+    return cost
+
+
+def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dict, list[dict]]:
+    """The stages of one method (train or load, evaluate, cost): its results entry and rows."""
+    cls = ctx.prepared.methods[spec.name]
+    method = build_method(ctx, spec)
+    entry = {"fingerprint": fingerprint, "params": asdict(method.params),
+             "trained": cls.trainable and spec.checkpoint is None, "reported_as": cls.reported_as,
+             "benchmark_defaults": cls.benchmark_defaults.get(ctx.suite.benchmark.name, {}),
              "protocol": method.protocol()}
     if spec.checkpoint is not None:
         load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
     elif cls.trainable:
-        batches = PairBatches(prepared.train_split, train_store, protocol.words, training.batch_size, suite.seed,
-                              train_policy, protocol.frames, store.size)
-        validation = prepared.validation if training.selection == "validation" else None
-        record = train(method, batches, validation, store, protocol.words, training, evaluation.batch_size,
-                       evaluation.score_chunk, device, quiet, log)
-        entry["training"] = asdict(record)
-        checkpoint = run_dir / "checkpoints" / f"{spec.name}.pt"
-        state = method.state_dict()
-        atomic_save(checkpoint, lambda temporary: torch.save(state, temporary), "checkpoint")
-        entry["checkpoint"] = str(checkpoint.relative_to(run_dir))
-    rows = []
-    for split in prepared.test_splits:
-        for stage in evaluate_split(method, split, store, protocol.words, evaluation.batch_size, evaluation.score_chunk,
-                                    device, training.mixed_precision, quiet, tuple(evaluation.directions)):
-            rows += stage_rows(run_dir, suite, spec.name, split, stage, method.candidates())
-    entry["cost"] = method_cost(method, protocol.frames, protocol.words, store.size).to_dict(
-        gallery=max(len(s.videos) for s in prepared.test_splits))
-    entry["cost"]["timing"] = {stage: asdict(t) for stage, t in time_method(
-        method, protocol.frames, protocol.words, store.size, device, entry["cost"]["score"]["per_pair"],
-        repeats=3).items()}
+        entry.update(train_stage(ctx, spec, method, fingerprint))
+    rows = evaluate_stage(ctx, spec, method)
+    entry["cost"] = cost_stage(ctx, method)
     return entry, rows
 
 
-def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print) -> dict:
+def prepare(suite: Suite, run_dir: Path, quiet: bool, force: bool, log) -> RunContext:
+    """The data stage: pre-flight (every check that needs no computing), then every video decoded once into
+    the frame cache; an unreadable one refuses its split unless a partial gallery is allowed."""
+    prepared = preflight(suite, run_dir, quiet)
+    protocol, partial, timeout = suite.protocol, suite.benchmark.allow_partial_gallery, suite.benchmark.decode_timeout
+    size = protocol.image_size or prepared.backbone.image_size
+    cache_dir = Path(suite.cache_dir).expanduser()
+    store = FrameStore(cache_dir, protocol.frames, protocol.sampling, size, quiet, timeout=timeout)
+    try:
+        prepared.test_splits = [decode_split(store, s, partial) for s in prepared.test_splits]
+        prepared.train_split, prepared.validation = (decode_split(store, s, partial) if s is not None else None
+                                                     for s in (prepared.train_split, prepared.validation))
+    except HarnessError as error:
+        raise HarnessError(f"{suite.source}: benchmark ({suite.benchmark.name}): {error}") from None
+    train_policy = protocol.train_sampling or protocol.sampling
+    train_store = store if train_policy == protocol.sampling else (
+        None if train_policy == "rand" else FrameStore(cache_dir, protocol.frames, train_policy, size, quiet,
+                                                       timeout=timeout))
+    return RunContext(suite, prepared, store, train_store, train_policy, run_dir, quiet, force, log)
+
+
+def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print, force: bool = False,
+              invocation: dict | None = None) -> dict:
     """Run every method of the suite into `output` (default: a new runs/<suite>/<time> folder); when `output`
-    holds a previous run's results, continue it."""
+    holds a previous run's results, continue it. `invocation` (command-line selections and overrides) is
+    recorded in results.json."""
     clock = time.perf_counter()
     run_dir = Path(output) if output else new_run_dir(Path("runs"), suite.name)
     with RunLock(run_dir):
         stored = stored_results(run_dir)
-        prepared = preflight(suite, run_dir, quiet)
-        protocol, partial = suite.protocol, suite.benchmark.allow_partial_gallery
-        size = protocol.image_size or prepared.backbone.image_size
-        cache_dir = Path(suite.cache_dir).expanduser()
-        store = FrameStore(cache_dir, protocol.frames, protocol.sampling, size, quiet,
-                           timeout=suite.benchmark.decode_timeout)
-        try:  # decode every video once; an unreadable one refuses its split unless a partial gallery is allowed
-            prepared.test_splits = [decode_split(store, s, partial) for s in prepared.test_splits]
-            prepared.train_split, prepared.validation = (decode_split(store, s, partial) if s is not None else None
-                                                         for s in (prepared.train_split, prepared.validation))
-        except HarnessError as error:
-            raise HarnessError(f"{suite.source}: benchmark ({suite.benchmark.name}): {error}") from None
-        train_policy = protocol.train_sampling or protocol.sampling
-        train_store = store if train_policy == protocol.sampling else (
-            None if train_policy == "rand" else FrameStore(cache_dir, protocol.frames, train_policy, size, quiet,
-                                                           timeout=suite.benchmark.decode_timeout))
-
-        results = new_results(suite, prepared, store, train_policy)
+        ctx = prepare(suite, run_dir, quiet, force, log)
+        results = new_results(suite, ctx.prepared, ctx.store, ctx.train_policy)
+        results["invocation"] = invocation or {}
         fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"]) for spec in suite.methods}
-        kept = reusable_methods(stored, results, fingerprints, suite, run_dir)
+        kept = reusable_methods(stored, results, fingerprints, suite, run_dir, force, log)
         if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)
-            results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept}]
+            results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,
+                                                               "forced": force}]
             results["methods"], results["rows"] = dict(stored["methods"]), list(stored["rows"])
         atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
         finished = list(kept)
@@ -210,9 +289,9 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                     log(f"{spec.name}: kept (finished earlier in {run_dir}, same fingerprint)")
                     continue
                 log(f"{spec.name}:")
-                entry, rows = run_method(spec, suite, prepared, store, train_store, train_policy, run_dir, quiet, log)
-                results["methods"][spec.name] = {"fingerprint": fingerprints[spec.name], **entry}
-                results["rows"] += rows
+                entry, rows = run_method(ctx, spec, fingerprints[spec.name])
+                results["methods"][spec.name] = entry
+                results["rows"] = [r for r in results["rows"] if r["method"] != spec.name] + rows
                 results["wall_seconds"] = round(time.perf_counter() - clock, 1)
                 write_results(run_dir, results)  # after every method: finished work is never lost
                 finished.append(spec.name)

@@ -3,13 +3,20 @@
 Parameter groups (new modules at lr, backbone at lr x coef_lr; no weight decay on biases and norms),
 decoupled weight decay (AdamW), linear warm-up then cosine, gradient clipping, the logit-scale clamp,
 per-epoch validation and best-checkpoint selection. Every method trains through this loop.
+
+Resumable: after every epoch the whole training state (weights, optimizer, schedule, the data order's
+and every random generator's state, the history and the best checkpoint so far) is written atomically to
+`state_file`; a training started with that file present continues after its last epoch and ends with the
+same weights and history as one that was never interrupted (on CPU, exactly). There is no gradient scaler
+to restore: mixed precision is bf16, which needs none.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +28,7 @@ from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import decode, pad_frames, to_pixels
 from harness.errors import TrainingError
+from harness.files import atomic_save
 from harness.evaluate import autocast, evaluate_split, rank_split
 from harness.method import Method
 from harness.metrics import summarize
@@ -74,6 +82,14 @@ class PairBatches:
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 
+    def state_dict(self) -> dict:
+        """Where the seeded data order (and the random frame sampling) stands."""
+        return {"generator": self.generator.get_state(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
+
     def __len__(self) -> int:
         return max(1, len(self.split.captions) // self.batch_size)  # the last partial batch is dropped
 
@@ -99,19 +115,56 @@ def validation_r1(method: Method, split: Split, store: FrameStore, words: int, b
     return summarize(rank_split(final.scores["t2v"], split, "t2v", "max-over-captions"))["R1"]
 
 
+def random_states() -> dict:
+    """Every global generator's state, in types torch.load(weights_only=True) reads back."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position,
+                                                      has_gauss, gauss),
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def cpu_state(method: Method) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in method.state_dict().items()}
+
+
 def train(method: Method, batches: PairBatches, validation: Split | None, eval_store: FrameStore, words: int,
           spec: TrainingSpec, eval_batch: int, chunk: int, device: torch.device, quiet: bool = False,
-          log=print) -> TrainingRecord:
-    """Train in place; on return the method holds the selected checkpoint's weights."""
+          log=print, state_file: Path | None = None, fingerprint: str = "") -> TrainingRecord:
+    """Train in place; on return the method holds the selected checkpoint's weights. With `state_file`,
+    continue from it when present and write it (with `fingerprint`, what produced it) after every epoch."""
     mixed = spec.mixed_precision and device.type == "cuda"
     optimizer = torch.optim.AdamW(parameter_groups(method, spec), betas=(0.9, 0.98), eps=1e-6)
     total = spec.epochs * len(batches)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step / total, spec.warmup_proportion))
     max_log_scale = math.log(spec.max_logit_scale)
-    best_state, best_r1, best_epoch, step = None, -1.0, spec.epochs, 0
+    best_state, best_r1, best_epoch, step, first_epoch = None, -1.0, spec.epochs, 0, 1
     record = TrainingRecord(spec.selection, spec.epochs, None, total)
-    for epoch in range(1, spec.epochs + 1):
+    if state_file is not None and state_file.is_file():
+        try:
+            saved = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise TrainingError(f"{state_file}: the training state cannot be read ({error}); remove it to train "
+                                f"{method.name} from the start.") from None
+        method.load_state_dict(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        batches.load_state_dict(saved["batches"])
+        set_random_states(saved["random"])
+        best_state, best_r1, best_epoch, step = saved["best_state"], saved["best_r1"], saved["best_epoch"], saved["step"]
+        record.history = saved["history"]
+        first_epoch = saved["epoch"] + 1
+        log(f"  {method.name}: continuing after epoch {saved['epoch']} of {spec.epochs} ({state_file.name})")
+    for epoch in range(first_epoch, spec.epochs + 1):
         method.train()
         sums: dict[str, float] = {}
         progress = tqdm(batches, desc=f"{method.name} epoch {epoch}/{spec.epochs}", disable=quiet, leave=False)
@@ -143,9 +196,15 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
             entry["validation_R1"] = validation_r1(method, validation, eval_store, words, eval_batch, chunk, device, mixed)
             if spec.selection == "validation" and entry["validation_R1"] > best_r1:
                 best_r1, best_epoch = entry["validation_R1"], epoch
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.state_dict().items()})
+                best_state = cpu_state(method)
         record.history.append(entry)
         log(f"  {method.name} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
+        if state_file is not None:
+            state = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "method": cpu_state(method), "optimizer": optimizer.state_dict(),
+                     "schedule": schedule.state_dict(), "batches": batches.state_dict(), "random": random_states(),
+                     "best_state": best_state, "best_r1": best_r1, "best_epoch": best_epoch,
+                     "history": record.history}
+            atomic_save(state_file, lambda temporary: torch.save(state, temporary), "training state")
     if best_state is not None:
         method.load_state_dict(best_state)
         record.best_epoch, record.best_validation_r1 = best_epoch, best_r1
