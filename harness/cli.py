@@ -11,28 +11,78 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load_suite(args: argparse.Namespace, checkpoints: dict[str, tuple[str, str]] | None = None):
+    """The suite with the command line's --set overrides, --methods selection, --checkpoint entries and
+    --cache-dir applied."""
+    from harness.suite import load_suite
+
+    overrides = list(args.set)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for name, (path, checkpoint_format) in (checkpoints or {}).items():
+        overrides += [f"methods.{name}.checkpoint={path}", f"methods.{name}.checkpoint_format={checkpoint_format}"]
+    suite = load_suite(args.suite, overrides, methods)
+    if args.cache_dir:
+        suite.cache_dir = args.cache_dir
+    return suite, {"overrides": overrides, "methods": methods}
+
+
+def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
+    """Run (or, with --dry-run, describe) the suite into --resume / --output; a signal ends it with the
+    command that continues."""
     from harness.interrupt import Interrupted
     from harness.run import run_suite
-    from harness.suite import load_suite
 
     if args.resume and args.output and Path(args.resume) != Path(args.output):
         raise HarnessError(f"--resume {args.resume} and --output {args.output}: give one run directory.")
     if args.resume and not (Path(args.resume) / "results.json").is_file():
         raise HarnessError(f"--resume {args.resume}: no results.json there; nothing to continue (give the run "
                            "directory a previous `harness run` printed).")
-    suite = load_suite(args.suite)
-    if args.cache_dir:
-        suite.cache_dir = args.cache_dir
+    run_dir = Path(args.resume or args.output) if (args.resume or args.output) else None
+    if args.dry_run:
+        from harness.plan import dry_run
+
+        print(dry_run(suite, run_dir))
+        return 0
     try:
-        run_suite(suite, Path(args.resume or args.output) if (args.resume or args.output) else None, quiet=args.quiet)
+        run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation)
     except Interrupted as stop:
-        again = ["harness", "run", args.suite, "--resume", str(stop.run_dir)]
-        again += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        again += ["--quiet"] if args.quiet else []
-        print(f"{stop.message}; continue with: {shlex.join(again)}", file=sys.stderr)
+        command = ["harness", args.command, args.suite, "--resume", str(stop.run_dir)]
+        for option, values in (("--set", args.set), ("--checkpoint", getattr(args, "checkpoint", []))):
+            for value in values:
+                command += [option, value]
+        command += ["--methods", args.methods] if args.methods else []
+        command += ["--cache-dir", args.cache_dir] if args.cache_dir else []
+        command += ["--quiet"] if args.quiet else []
+        print(f"{stop.message}; continue with: {shlex.join(command)}", file=sys.stderr)
         return stop.exit_code
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    suite, invocation = _load_suite(args)
+    return _execute(args, suite, {"command": "run", **invocation})
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from harness import registry
+
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, sep, target = item.partition("=")
+        path, _, checkpoint_format = target.rpartition(":") if target.endswith((":official", ":harness")) else (
+            target, "", "harness")
+        if not sep or not name or not path:
+            raise HarnessError(f"--checkpoint {item!r}: expected NAME=PATH or NAME=PATH:official|harness.")
+        checkpoints[name] = (path, checkpoint_format)
+    if checkpoints and not args.methods:
+        args.methods = ",".join(checkpoints)
+    suite, invocation = _load_suite(args, checkpoints)
+    untrained = [m.name for m in suite.methods if m.checkpoint is None and registry.methods()[m.name].trainable]
+    if untrained:
+        raise HarnessError(f"harness eval: {', '.join(untrained)} would need training; give each a checkpoint "
+                           f"(--checkpoint {untrained[0]}=RUN_DIR/checkpoints/{untrained[0]}.pt), or select the "
+                           "methods to evaluate with --methods.")
+    return _execute(args, suite, {"command": "eval", "checkpoints": args.checkpoint, **invocation})
 
 
 def _import_checkpoint(args: argparse.Namespace) -> None:
@@ -141,14 +191,27 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="harness", description="Text-video retrieval benchmark harness.")
     commands = main.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train and evaluate every method of a suite, save results")
-    run.add_argument("suite", help="suite YAML file, e.g. suites/synthetic.yaml")
-    run.add_argument("--output", help="run directory (default: runs/<suite>/<run-id>); one holding a previous "
-                                      "run's results continues it")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR: methods it finished with the "
-                                                         "same fingerprint are kept, the others run")
-    run.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.set_defaults(handler=_run)
+    evaluate = commands.add_parser("eval", help="evaluate given checkpoints (no training), save results")
+    evaluate.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH[:FORMAT]",
+                          help="evaluate method NAME from PATH (FORMAT harness, the default: a run's "
+                               "checkpoints/NAME.pt; or official); repeatable. The methods given are those evaluated")
+    for command, handler in ((run, _run), (evaluate, _eval)):
+        command.add_argument("suite", help="suite YAML file, e.g. suites/synthetic.yaml")
+        command.add_argument("--output", help="run directory (default: runs/<suite>/<run-id>); one holding a "
+                                              "previous run's results continues it")
+        command.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR: methods it finished "
+                                                                 "with the same fingerprint are kept, the others run")
+        command.add_argument("--force", action="store_true", help="with a run directory produced differently: run "
+                                                                  "the differing methods again instead of refusing")
+        command.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. glscl,xpool")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a suite value (dotted key, YAML value): training.epochs=1, "
+                                  "methods.glscl.params.alpha=0.2, benchmark.test_splits=[test-1kA]; repeatable")
+        command.add_argument("--dry-run", action="store_true", help="print the resolved suite, what would run, what "
+                                                                    "is cached or resumable, and the counted cost")
+        command.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        command.set_defaults(handler=handler)
     convert = commands.add_parser("import-checkpoint",
                                   help="convert a checkpoint saved by a method's official code into the harness's module")
     convert.add_argument("checkpoint", help="the official checkpoint file")

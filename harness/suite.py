@@ -307,13 +307,71 @@ def method_params(method_cls: type, suite: Suite, given: dict, path: str) -> dic
     return resolved
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite YAML file."""
+def apply_overrides(data: Any, overrides: list[str], source: str) -> Any:
+    """`--set KEY=VALUE` on the suite's YAML data: KEY a dotted path (`training.epochs`,
+    `methods.glscl.params.alpha`: a method is addressed by name), VALUE read as YAML (`1`, `0.2`,
+    `[test-1kA]`, `true`). Intermediate mappings are created; what the value means is validated afterwards
+    exactly as if it were written in the file."""
+    if not isinstance(data, dict):
+        return data  # parse_suite names the problem
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        where = f"{source}: --set {item}"
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SuiteError(f"{where}: expected KEY=VALUE with a dotted KEY, e.g. training.epochs=1.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SuiteError(f"{where}: the value is not valid YAML ({error}).") from None
+        parts, node = key.split("."), data
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):  # the methods list: an entry is addressed by its name
+                names = [m.get("name") if isinstance(m, dict) else None for m in node]
+                if part not in names:
+                    raise SuiteError(f"{where}: the suite lists no method {part!r}; listed: "
+                                     f"{', '.join(str(n) for n in names)}.")
+                node = node[names.index(part)]
+            elif isinstance(node, dict):
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+            else:
+                raise SuiteError(f"{where}: {'.'.join(parts[:depth])} is {node!r}, not a mapping.")
+        if not isinstance(node, dict):
+            raise SuiteError(f"{where}: {'.'.join(parts[:-1])} is {node!r:.80}, not a mapping"
+                             + (" (address a method by name: methods.NAME.params.KEY)." if isinstance(node, list) else "."))
+        node[parts[-1]] = value
+    return data
+
+
+def select_methods(data: Any, names: list[str], source: str) -> Any:
+    """`--methods a,b`: keep only those of the suite's methods, in the suite's order."""
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
+        return data
+    listed = [m.get("name") for m in data["methods"] if isinstance(m, dict)]
+    unknown = [n for n in names if n not in listed]
+    if unknown:
+        raise SuiteError(f"{source}: --methods {','.join(names)}: the suite lists no {', '.join(map(repr, unknown))}; "
+                         f"listed: {', '.join(map(str, listed))}.{_suggest(unknown[0], listed)}")
+    data["methods"] = [m for m in data["methods"] if isinstance(m, dict) and m.get("name") in names]
+    return data
+
+
+def read_suite_data(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found.")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise SuiteError(f"{path}: not valid YAML: {error}") from None
-    return parse_suite(data, str(path))
+
+
+def load_suite(path: str | Path, overrides: list[str] = (), methods: list[str] | None = None) -> Suite:
+    """Read and validate a suite YAML file, with command-line overrides (`--set`) and a method selection
+    (`--methods`) applied first, so they are validated exactly as the file is."""
+    data = apply_overrides(read_suite_data(path), list(overrides), str(path))
+    if methods:
+        data = select_methods(data, methods, str(path))
+    source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+    return parse_suite(data, source)

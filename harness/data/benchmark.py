@@ -172,6 +172,12 @@ class Benchmark:
         self.quiet = quiet
         self.annotation_files: dict[str, Path] = {}  # every file read, for the fingerprints
 
+    @classmethod
+    def not_yet_generated(cls, root: str | None, cache_dir: Path, seed: int) -> str | None:
+        """For a benchmark the harness generates itself: what constructing it would generate, while that is
+        still to be done (a dry run must not start it). None for data read from disk."""
+        return None
+
     def load_split(self, split: str) -> Split:
         raise NotImplementedError
 

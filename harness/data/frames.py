@@ -77,6 +77,10 @@ class FrameStore:
         safe_id = re.sub(r"[^A-Za-z0-9._@-]", "_", video.id)[:80]
         return self.folder / f"{safe_id}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
+    def has(self, video: Video) -> bool:
+        """Whether the video is decoded in the cache already (under this protocol, this file version)."""
+        return self._file(video).exists()
+
     def prepare(self, videos: list[Video], label: str = "decoding") -> dict[str, str]:
         """Decode every video not yet cached (in parallel processes, with a progress bar).
 

@@ -105,8 +105,17 @@ class Synthetic(MSRVTT):
     name = "synthetic"
     splits = ("train-9k", "test-1kA", "test-1kA-multi", "test-paragraph")
 
+    @staticmethod
+    def folder(root: str | None, cache_dir: Path, seed: int) -> Path:
+        return Path(root).expanduser() if root else Path(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-seed{seed}"
+
+    @classmethod
+    def not_yet_generated(cls, root: str | None, cache_dir: Path, seed: int) -> str | None:
+        folder = cls.folder(root, cache_dir, seed)
+        return None if folder.is_dir() else f"generated into {folder} on first use"
+
     def __init__(self, root: str | None, videos: str | None, cache_dir: Path, seed: int = 42, quiet: bool = False):
-        folder = Path(root).expanduser() if root else Path(cache_dir) / f"synthetic-v{GENERATOR_VERSION}-seed{seed}"
+        folder = self.folder(root, cache_dir, seed)
         generate(folder, seed, quiet)
         super().__init__(str(folder), videos, cache_dir, seed, quiet)
 
