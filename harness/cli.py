@@ -77,7 +77,7 @@ def _eval(args: argparse.Namespace) -> int:
     if checkpoints and not args.methods:
         args.methods = ",".join(checkpoints)
     suite, invocation = _load_suite(args, checkpoints)
-    untrained = [m.name for m in suite.methods if m.checkpoint is None and registry.methods()[m.name].trainable]
+    untrained = [m.name for m in suite.methods if m.trains(registry.methods()[m.name])]
     if untrained:
         raise HarnessError(f"harness eval: {', '.join(untrained)} would need training; give each a checkpoint "
                            f"(--checkpoint {untrained[0]}=RUN_DIR/checkpoints/{untrained[0]}.pt), or select the "

@@ -4,7 +4,9 @@ identically, and names what differs otherwise.
 The run's shared part: the code version, the backbone weights (file hash), the device type and the
 resolved suite without the methods and without what cannot change a number (its name, paths, cache folder,
 decode time limit); besides, every annotation file both runs read must have the same hash (a run that adds
-a method may read a file the stored one did not, e.g. the training list). A method's fingerprint adds its resolved
+a method may read a file the stored one did not, e.g. the training list). The training budget (the
+`training` section, the training and validation splits) is a part of its own: it matters to the methods
+that train, not to zero-shot CLIP or a given checkpoint. A method's fingerprint adds its resolved
 hyper-parameters and, when it evaluates a given checkpoint, that file's hash.
 """
 
@@ -20,6 +22,8 @@ from harness.suite import MethodSpec
 # Suite keys that do not change any number: never a reason to refuse a resume.
 NEUTRAL_SUITE_KEYS = ("name", "methods", "cache_dir", "source", "benchmark.root", "benchmark.videos",
                       "benchmark.decode_timeout", "backbone.checkpoint")
+# Suite keys that change only what a training produces.
+TRAINING_SUITE_KEYS = ("training", "benchmark.train_split", "benchmark.validation_split")
 
 
 def digest(data) -> str:
@@ -37,42 +41,54 @@ def flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def shared_suite(suite: dict) -> dict[str, object]:
-    """The resolved suite's keys that can change a number, flattened to dotted paths."""
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def suite_part(suite: dict, training: bool) -> dict[str, object]:
+    """The resolved suite's keys that can change a number, flattened to dotted paths: the training budget
+    (training=True) or everything else."""
     return {k: v for k, v in flatten(suite).items()
-            if not any(k == n or k.startswith(f"{n}.") for n in NEUTRAL_SUITE_KEYS)}
+            if not _under(k, NEUTRAL_SUITE_KEYS) and _under(k, TRAINING_SUITE_KEYS) == training}
 
 
 def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, suite: dict) -> dict[str, str]:
     return {"code_version": code_version, "backbone_weights": file_fingerprint(Path(backbone_checkpoint)),
-            "device": device, "suite": digest(shared_suite(suite))}
+            "device": device, "suite": digest(suite_part(suite, training=False)),
+            "training": digest(suite_part(suite, training=True))}
 
 
-def method_fingerprint(spec: MethodSpec, run: dict[str, str]) -> str:
+def method_fingerprint(spec: MethodSpec, run: dict[str, str], trains: bool) -> str:
     checkpoint = file_fingerprint(Path(spec.checkpoint).expanduser()) if spec.checkpoint else None
+    shared = {k: v for k, v in run.items() if trains or k != "training"}
     return digest({"method": spec.name, "params": spec.params, "checkpoint": checkpoint,
-                   "checkpoint_format": spec.checkpoint_format if spec.checkpoint else None, "run": run})
+                   "checkpoint_format": spec.checkpoint_format if spec.checkpoint else None, "run": shared})
 
 
-def run_differences(stored: dict, now: dict) -> list[str]:
-    """What differs between a stored results.json and the run about to write into it (shared part)."""
+def _changed(old: dict, new: dict, label: str) -> list[str]:
+    return [f"{label}{key}: {old.get(key)!r} in the stored run, {new.get(key)!r} now"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def run_differences(stored: dict, now: dict, training: bool) -> list[str]:
+    """What differs between a stored results.json and the run about to write into it: the shared part,
+    and with `training` the training budget too."""
     before, after = stored.get("fingerprint") or {}, now["fingerprint"]
     lines = [f"{key}: {before.get(key)} in the stored run, {after[key]} now" for key in after
-             if key != "suite" and before.get(key) != after[key]]
+             if key not in ("suite", "training") and before.get(key) != after[key]]
     files, files_now = stored.get("benchmark", {}).get("annotations", {}), now["benchmark"]["annotations"]
     lines += [f"annotation file {name}: {files[name]} in the stored run, {files_now[name]} now"
               for name in sorted(files.keys() & files_now.keys()) if files[name] != files_now[name]]
-    old, new = shared_suite(stored.get("suite") or {}), shared_suite(now["suite"])
-    lines += [f"suite {key}: {old.get(key)!r} in the stored run, {new.get(key)!r} now"
-              for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+    old, new = stored.get("suite") or {}, now["suite"]
+    lines += _changed(suite_part(old, False), suite_part(new, False), "suite ")
+    if training:
+        lines += _changed(suite_part(old, True), suite_part(new, True), "suite ")
     return lines
 
 
 def method_differences(stored: dict, params: dict, checkpoint: str | None) -> list[str]:
     """Why a stored method entry does not match the method about to run (its own part)."""
-    old = stored.get("params") or {}
-    lines = [f"params.{key}: {old.get(key)!r} in the stored run, {params.get(key)!r} now"
-             for key in sorted(old.keys() | params.keys()) if old.get(key) != params.get(key)]
+    lines = _changed(stored.get("params") or {}, params, "params.")
     given = stored.get("checkpoint") if "checkpoint_format" in stored else None  # else the run's own checkpoint
     if given != checkpoint:
         lines.append(f"checkpoint: {given} in the stored run, {checkpoint} now")

@@ -20,7 +20,7 @@ from harness.cost.report import cost_table, suite_cost
 from harness.data.check import frame_size
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
-from harness.fingerprint import method_differences, method_fingerprint, run_fingerprint
+from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.preflight import select_device
 from harness.results import code_version, read_results
 from harness.suite import Suite
@@ -72,6 +72,11 @@ def method_lines(suite: Suite, run_dir: Path | None, weights: Path | None) -> li
     stored = read_results(run_dir / "results.json") if run_dir and (run_dir / "results.json").is_file() else None
     run = (run_fingerprint(code_version(), str(weights), select_device(suite.device).type, suite.to_dict())
            if weights else None)
+    differences = []
+    if stored is not None and run is not None:  # annotation files are compared by the run itself
+        differences = run_differences(stored, {"fingerprint": run, "suite": suite.to_dict(),
+                                               "benchmark": {"annotations": {}}},
+                                      training=any(e.get("trained") for e in stored["methods"].values()))
     lines = []
     for spec in suite.methods:
         cls = registry.methods()[spec.name]
@@ -81,14 +86,14 @@ def method_lines(suite: Suite, run_dir: Path | None, weights: Path | None) -> li
             action = f"train {suite.training.epochs} epoch(s), select ({suite.training.selection}), evaluate"
         else:
             action = "evaluate (nothing to train)"
-        fingerprint = method_fingerprint(spec, run) if run else None
+        fingerprint = method_fingerprint(spec, run, spec.trains(cls)) if run else None
         entry = (stored or {}).get("methods", {}).get(spec.name)
         state = run_dir / "checkpoints" / f"{spec.name}.train-state.pt" if run_dir else None
         if entry is not None:
             same = fingerprint is not None and entry.get("fingerprint") == fingerprint
             action = ("kept: finished in the run directory, same fingerprint" if same else
                       "refused without --force: finished in the run directory, differently ("
-                      + "; ".join(method_differences(entry, spec.params, spec.checkpoint)) + ")")
+                      + "; ".join(differences or method_differences(entry, spec.params, spec.checkpoint)) + ")")
         elif state is not None and state.is_file():
             saved = torch.load(state, map_location="cpu", weights_only=True)
             action = (f"continue training after epoch {saved['epoch']}, then evaluate"

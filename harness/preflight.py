@@ -100,7 +100,7 @@ def load_splits(suite: Suite, benchmark: Benchmark, methods: dict[str, type], pr
     """The test splits, and the training and validation splits when a method will train; a missing
     annotation file or video file is a problem (dropped instead, where a partial gallery is allowed)."""
     spec, partial = suite.benchmark, suite.benchmark.allow_partial_gallery
-    needs_training = any(methods[m.name].trainable and m.checkpoint is None for m in suite.methods)
+    needs_training = any(m.trains(methods[m.name]) for m in suite.methods)
     named = [("test", name) for name in spec.test_splits]
     if needs_training:
         if spec.train_split is None:

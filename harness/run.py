@@ -81,14 +81,16 @@ def stored_results(run_dir: Path) -> dict | None:
 def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str, str], suite: Suite,
                      run_dir: Path, force: bool = False, log=print) -> list[str]:
     """The suite's methods the stored run already finished, to keep. A stored run with finished methods that
-    was produced differently is refused with what differs (a method of the suite stored with other params
-    likewise); with `force`, what differs is named and the methods it concerns run again."""
-    finished = list((stored or {}).get("methods", {}))
+    was produced differently is refused with what differs (the training budget counts where a stored method
+    was trained; a method of the suite stored with other params likewise); with `force`, what differs is
+    named and the methods it concerns run again."""
+    finished = (stored or {}).get("methods", {})
     if not finished:
         return []
-    differences = run_differences(stored, results)
+    any_trained = any(entry.get("trained") for entry in finished.values())
+    differences = run_differences(stored, results, training=any_trained)
     for spec in suite.methods:
-        entry = stored["methods"].get(spec.name)
+        entry = finished.get(spec.name)
         if entry is not None and entry.get("fingerprint") != fingerprints[spec.name] and not differences:
             differences += [f"{spec.name} {line}" for line in method_differences(entry, spec.params, spec.checkpoint)]
     if differences and not force:
@@ -99,8 +101,7 @@ def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str,
     if differences:
         log(f"--force: {run_dir} was produced differently (" + "; ".join(differences) + "); the methods concerned "
             "run again")
-    return [spec.name for spec in suite.methods
-            if stored["methods"].get(spec.name, {}).get("fingerprint") == fingerprints[spec.name]]
+    return [spec.name for spec in suite.methods if finished.get(spec.name, {}).get("fingerprint") == fingerprints[spec.name]]
 
 
 def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_policy: str) -> dict:
@@ -229,13 +230,13 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
     cls = ctx.prepared.methods[spec.name]
     method = build_method(ctx, spec)
     entry = {"fingerprint": fingerprint, "params": asdict(method.params),
-             "trained": cls.trainable and spec.checkpoint is None, "reported_as": cls.reported_as,
+             "trained": spec.trains(cls), "reported_as": cls.reported_as,
              "benchmark_defaults": cls.benchmark_defaults.get(ctx.suite.benchmark.name, {}),
              "protocol": method.protocol()}
     if spec.checkpoint is not None:
         load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
-    elif cls.trainable:
+    elif spec.trains(cls):
         entry.update(train_stage(ctx, spec, method, fingerprint))
     rows = evaluate_stage(ctx, spec, method)
     entry["cost"] = cost_stage(ctx, method)
@@ -275,7 +276,9 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         ctx = prepare(suite, run_dir, quiet, force, log)
         results = new_results(suite, ctx.prepared, ctx.store, ctx.train_policy)
         results["invocation"] = invocation or {}
-        fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"]) for spec in suite.methods}
+        fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"],
+                                                      spec.trains(ctx.prepared.methods[spec.name]))
+                        for spec in suite.methods}
         kept = reusable_methods(stored, results, fingerprints, suite, run_dir, force, log)
         if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)
             results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,

@@ -93,6 +93,10 @@ class MethodSpec:
     checkpoint: str | None = None
     checkpoint_format: Literal["official", "harness"] = "official"
 
+    def trains(self, method_cls: type) -> bool:
+        """Whether this entry trains its method (a trainable method with no checkpoint given)."""
+        return method_cls.trainable and self.checkpoint is None
+
 
 @dataclass
 class Suite:

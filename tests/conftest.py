@@ -5,11 +5,15 @@ other seeds and shapes can be checked with `HARNESS_GOLDEN_DIR=DIR pytest tests/
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 DATA = Path(__file__).parent / "data"
 GOLDEN_DIR = Path(os.environ.get("HARNESS_GOLDEN_DIR") or DATA / "golden")
@@ -56,4 +60,50 @@ def tiny_clip(tmp_path_factory) -> Path:
                       context_length=32, vocab_size=49408, text_width=64, text_layers=1)
     path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
     torch.save(build_clip(shape, 32).state_dict(), path)
+    return path
+
+
+# A tiny VATEX-format benchmark with real H.264 clips, for end-to-end runs that take seconds.
+TRAIN = [f"train{i}" for i in range(6)]
+TEST = [f"test{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory) -> Path:
+    """Ten small real H.264 clips, written once for the session."""
+    from harness.data.synthetic import write_mp4
+
+    folder = tmp_path_factory.mktemp("videos")
+    rng = np.random.default_rng(0)
+    for vid in TRAIN + TEST:
+        write_mp4(folder / f"{vid}.mp4", rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), fps=2)
+    return folder
+
+
+@pytest.fixture
+def vatex(tmp_path, videos) -> Path:
+    """A VATEX data root: 6 training and 4 test videos, two captions each."""
+    root = tmp_path / "vatex"
+    shutil.copytree(videos, root / "videos")
+    (root / "train_list.txt").write_text("\n".join(TRAIN) + "\n")
+    (root / "test_list.txt").write_text("\n".join(TEST) + "\n")
+    (root / "ref_captions.json").write_text(json.dumps({v: [f"a clip called {v}", f"what happens in {v}"]
+                                                        for v in TRAIN + TEST}))
+    return root
+
+
+def write_suite(tmp_path: Path, root: Path, clip: Path, methods: list[dict], epochs: int = 1,
+                training: dict | None = None, **benchmark) -> Path:
+    """A suite over the tiny VATEX root (2 frames, 16 words, batch 4) with its own cache under tmp_path."""
+    suite = {"name": "tiny", "cache_dir": str(tmp_path / "cache"),
+             "benchmark": {"name": "vatex", "root": str(root), "train_split": "train", "test_splits": ["test"],
+                           **benchmark},
+             "backbone": {"arch": "auto", "checkpoint": str(clip)},
+             "protocol": {"frames": 2, "words": 16},
+             "training": {"epochs": epochs, "batch_size": 4, "validation_videos": 0, "selection": "last-epoch",
+                          **(training or {})},
+             "evaluation": {"batch_size": 4},
+             "methods": methods}
+    path = tmp_path / f"suite-{len(list(tmp_path.glob('suite-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(suite))
     return path

@@ -29,59 +29,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+
+from conftest import write_suite
 
 import harness.data.frames as frames_module
 import harness.files as files_module
 from harness.cli import main
 from harness.data.benchmark import Video
 from harness.data.frames import FrameStore
-from harness.data.synthetic import write_mp4
 from harness.data.video import decode
 
 REPO = Path(__file__).parent.parent
-TRAIN = [f"train{i}" for i in range(6)]
-TEST = [f"test{i}" for i in range(4)]
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> Path:
-    """Ten small real H.264 clips, written once for the module."""
-    folder = tmp_path_factory.mktemp("videos")
-    rng = np.random.default_rng(0)
-    for vid in TRAIN + TEST:
-        write_mp4(folder / f"{vid}.mp4", rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), fps=2)
-    return folder
-
-
-@pytest.fixture
-def vatex(tmp_path, videos) -> Path:
-    """A VATEX data root: 6 training and 4 test videos, two captions each."""
-    root = tmp_path / "vatex"
-    shutil.copytree(videos, root / "videos")
-    (root / "train_list.txt").write_text("\n".join(TRAIN) + "\n")
-    (root / "test_list.txt").write_text("\n".join(TEST) + "\n")
-    (root / "ref_captions.json").write_text(json.dumps({v: [f"a clip called {v}", f"what happens in {v}"]
-                                                        for v in TRAIN + TEST}))
-    return root
-
-
-def write_suite(tmp_path: Path, root: Path, clip: Path, methods: list[dict], epochs: int = 1, **benchmark) -> Path:
-    suite = {"name": "faults", "cache_dir": str(tmp_path / "cache"),
-             "benchmark": {"name": "vatex", "root": str(root), "train_split": "train", "test_splits": ["test"],
-                           **benchmark},
-             "backbone": {"arch": "auto", "checkpoint": str(clip)},
-             "protocol": {"frames": 2, "words": 16},
-             "training": {"epochs": epochs, "batch_size": 4, "validation_videos": 0, "selection": "last-epoch"},
-             "evaluation": {"batch_size": 4},
-             "methods": methods}
-    path = tmp_path / f"suite-{len(list(tmp_path.glob('suite-*.yaml')))}.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    return path
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` -> its content hash."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

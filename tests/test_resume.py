@@ -1,0 +1,214 @@
+"""The researcher's daily loop: an interrupted run resumed to the same numbers, `harness eval`, `--methods`,
+`--set` and `--dry-run`, each recorded in results.json."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_suite
+from harness.cli import main
+from test_faults import snapshot
+
+REPO = Path(__file__).parent.parent
+ZEROSHOT = [{"name": "zeroshot"}]
+# X-Pool trains with dropout (the global RNG) and validation selection keeps a best state: both must resume.
+TRAINED = [{"name": "zeroshot"}, {"name": "xpool"}]
+EPOCHS = 40
+TRAINING = {"validation_videos": 2, "selection": "validation"}
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_to_the_rows_and_history_of_an_uninterrupted_run(
+        tmp_path, vatex, tiny_clip):
+    suite = write_suite(tmp_path, vatex, tiny_clip, TRAINED, epochs=EPOCHS, training=TRAINING)
+    reference = tmp_path / "uninterrupted"
+    assert main(["run", str(suite), "--output", str(reference), "--quiet"]) == 0
+
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--output", str(run_dir),
+                                "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = run_dir / "checkpoints" / "xpool.train-state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # zeroshot finished, X-Pool a few epochs into its training
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    stopped_after = torch.load(state, weights_only=True)["epoch"]
+    assert 1 <= stopped_after < EPOCHS
+    assert set(results(run_dir)["methods"]) == {"zeroshot"}
+
+    command = shlex.split(err.strip().splitlines()[-1].split("continue with: ")[1])
+    again = subprocess.run([sys.executable, "-m", "harness.cli", *command[1:]], capture_output=True, text=True,
+                           cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"zeroshot: kept (finished earlier in {run_dir}, same fingerprint)" in again.stdout  # not evaluated again
+    assert f"xpool: continuing after epoch {stopped_after} of {EPOCHS}" in again.stdout
+    assert f"xpool epoch {stopped_after}:" not in again.stdout and f"xpool epoch {EPOCHS}:" in again.stdout
+
+    resumed, uninterrupted = results(run_dir), results(reference)
+    assert resumed["rows"] == uninterrupted["rows"]  # exactly: every metric and every count
+    assert resumed["methods"]["xpool"]["training"] == uninterrupted["methods"]["xpool"]["training"]
+    ours = torch.load(run_dir / "checkpoints" / "xpool.pt", weights_only=True)
+    theirs = torch.load(reference / "checkpoints" / "xpool.pt", weights_only=True)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    for row in resumed["rows"]:
+        assert (run_dir / row["ranks_file"]).read_bytes() == (reference / row["ranks_file"]).read_bytes()
+    assert not state.exists()  # removed once the training finished
+    assert resumed["resumes"][0]["kept"] == ["zeroshot"]
+
+
+def test_a_training_state_of_another_run_is_refused_unless_forced(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "clip4clip-meanp"}], epochs=2)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    stage = json.loads((run_dir / "stages" / "clip4clip-meanp.train.json").read_text())
+    results_file = run_dir / "results.json"
+    results_file.unlink()  # as if the run had stopped after training, before its rows were written
+    stage["fingerprint"] = "sha256:another"
+    (run_dir / "stages" / "clip4clip-meanp.train.json").write_text(json.dumps(stage))
+    before = snapshot(run_dir)
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 2
+    assert "the unfinished training of clip4clip-meanp there (clip4clip-meanp.train.json) was started by a run " \
+           "that differs" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet", "--force"]) == 0
+    assert json.loads((run_dir / "stages" / "clip4clip-meanp.train.json").read_text())["fingerprint"] != "sha256:another"
+
+
+def test_a_finished_training_is_reused_when_only_the_evaluation_is_missing(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "clip4clip-meanp"}], epochs=2)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    first = results(run_dir)
+    checkpoint = (run_dir / "checkpoints" / "clip4clip-meanp.pt").read_bytes()
+    (run_dir / "results.json").unlink()  # stopped during its evaluation
+    capsys.readouterr()
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "clip4clip-meanp: training kept (stages/clip4clip-meanp.train.json, same fingerprint)" in out
+    assert "epoch 1:" not in out
+    assert results(run_dir)["rows"] == first["rows"]
+    assert results(run_dir)["methods"]["clip4clip-meanp"]["training"] == first["methods"]["clip4clip-meanp"]["training"]
+    assert (run_dir / "checkpoints" / "clip4clip-meanp.pt").read_bytes() == checkpoint
+
+
+# -- eval, --methods, --set, --dry-run -------------------------------------------------------------------------
+
+@pytest.fixture
+def trained(tmp_path, vatex, tiny_clip) -> tuple[Path, Path]:
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}], epochs=2)
+    run_dir = tmp_path / "trained"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    return suite, run_dir
+
+
+def test_eval_evaluates_a_given_checkpoint_without_training(tmp_path, trained, capsys):
+    suite, run_dir = trained
+    checkpoint = run_dir / "checkpoints" / "clip4clip-meanp.pt"
+    output = tmp_path / "eval"
+    capsys.readouterr()
+    assert main(["eval", str(suite), "--checkpoint", f"clip4clip-meanp={checkpoint}", "--output", str(output)]) == 0
+    assert "epoch" not in capsys.readouterr().out  # nothing trained
+    evaluated, original = results(output), results(run_dir)
+    assert set(evaluated["methods"]) == {"clip4clip-meanp"}
+    entry = evaluated["methods"]["clip4clip-meanp"]
+    assert entry["trained"] is False and entry["checkpoint"] == str(checkpoint)
+    assert entry["checkpoint_format"] == "harness" and "training" not in entry
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows if r["method"] == "clip4clip-meanp"]  # noqa: E731
+    assert strip(evaluated["rows"]) == strip(original["rows"])  # the trained run's own numbers
+    assert evaluated["invocation"]["command"] == "eval"
+    assert evaluated["invocation"]["checkpoints"] == [f"clip4clip-meanp={checkpoint}"]
+    assert "benchmark.train_split" not in json.dumps(evaluated.get("benchmark", {}).get("splits", {}))
+
+
+def test_eval_refuses_a_trainable_method_without_a_checkpoint(trained, capsys):
+    suite, _ = trained
+    assert main(["eval", str(suite), "--dry-run"]) == 2
+    assert "clip4clip-meanp would need training; give each a checkpoint (--checkpoint clip4clip-meanp=" in \
+        capsys.readouterr().err
+    assert main(["eval", str(suite), "--checkpoint", "clip4clip-meanp"]) == 2
+    assert "expected NAME=PATH or NAME=PATH:official|harness" in capsys.readouterr().err
+
+
+def test_methods_selects_a_subset_and_is_recorded(tmp_path, vatex, tiny_clip):
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}])
+    output = tmp_path / "subset"
+    assert main(["run", str(suite), "--methods", "zeroshot", "--output", str(output), "--quiet"]) == 0
+    saved = results(output)
+    assert {r["method"] for r in saved["rows"]} == {"zeroshot"} and set(saved["methods"]) == {"zeroshot"}
+    assert saved["invocation"] == {"command": "run", "overrides": [], "methods": ["zeroshot"]}
+    assert [m["name"] for m in saved["suite"]["methods"]] == ["zeroshot"]
+    assert "train" not in saved["benchmark"]["splits"]  # a subset without training reads no training split
+
+
+def test_set_overrides_a_value_and_is_recorded(tmp_path, vatex, tiny_clip):
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "clip4clip-meanp"}], epochs=3)
+    output = tmp_path / "set"
+    assert main(["run", str(suite), "--set", "training.epochs=1", "--set", "methods.clip4clip-meanp.params={}",
+                 "--set", "protocol.words=12", "--output", str(output), "--quiet"]) == 0
+    saved = results(output)
+    assert saved["suite"]["training"]["epochs"] == 1 and saved["suite"]["protocol"]["words"] == 12
+    assert len(saved["methods"]["clip4clip-meanp"]["training"]["history"]) == 1
+    assert saved["invocation"]["overrides"] == ["training.epochs=1", "methods.clip4clip-meanp.params={}",
+                                                "protocol.words=12"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.epoch=1", "training.epoch: unknown key 'epoch'. Allowed here: epochs, "),
+    ("training.epochs=many", "training.epochs: got 'many' (str); expected an integer."),
+    ("methods.glscl.params.alpha=0.2", "--set methods.glscl.params.alpha=0.2: the suite lists no method 'glscl'; "
+                                       "listed: zeroshot"),
+    ("methods.zeroshot.params.alpha=0.2", "methods[0].params.alpha: unknown key 'alpha'"),
+    ("benchmark.test_splits=[test-9k]", "benchmark.test_splits[0]: unknown split 'test-9k' of vatex"),
+    ("training", "--set training: expected KEY=VALUE with a dotted KEY"),
+], ids=["bad-key", "bad-value", "unlisted-method", "unknown-param", "unknown-split", "no-value"])
+def test_a_bad_set_is_one_clear_error(tmp_path, vatex, tiny_clip, capsys, override, message):
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT)
+    assert main(["run", str(suite), "--set", override, "--output", str(tmp_path / "run"), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert str(suite) in error and not (tmp_path / "run").exists()
+
+
+def test_methods_naming_an_unlisted_method_is_one_clear_error(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT)
+    assert main(["run", str(suite), "--methods", "zeroshot,glscll", "--quiet"]) == 2
+    assert "--methods zeroshot,glscll: the suite lists no 'glscll'; listed: zeroshot" in capsys.readouterr().err
+
+
+def test_dry_run_says_what_would_run_and_what_is_kept_and_writes_nothing(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    more = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}], epochs=2)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["run", str(more), "--output", str(run_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "test: 4 videos, 8 captions; 4 decoded in the frame cache" in out
+    assert "train: 6 videos, 12 captions; 0 decoded in the frame cache" in out
+    assert "zeroshot               kept: finished in the run directory, same fingerprint" in out
+    assert "clip4clip-meanp        train 2 epoch(s), select (last-epoch), evaluate" in out
+    assert "query vs 1e+06 GMAC" in out and "dry run: nothing was trained, decoded or written." in out
+    assert snapshot(tmp_path) == before
+    assert main(["run", str(more), "--output", str(run_dir), "--dry-run", "--set", "protocol.frames=3"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out.split("resolved suite:\n")[1].split("\n\n")[0])["protocol"]["frames"] == 3
+    assert ("zeroshot               refused without --force: finished in the run directory, differently (suite "
+            "protocol.frames: 2 in the stored run, 3 now)") in out
+    assert snapshot(tmp_path) == before
