@@ -191,6 +191,11 @@ def test_a_corrupt_entry_is_reported_not_used_and_encoded_again(tmp_path, tiny_c
     entry.write_bytes(entry.read_bytes()[:100])  # truncated, as by a full disk under another writer
     _, calls = evaluate(tiny_clip, checkpoint, split, store, cache)
     assert "is corrupt or unreadable" in caplog.text and calls.video == 2
+    caplog.clear()
+    (queries,) = (tmp_path / "cache" / "features").glob("*-queries-*.npz")
+    entry.write_bytes(queries.read_bytes())  # a readable entry of another length (8 captions, not 4 videos)
+    _, calls = evaluate(tiny_clip, checkpoint, split, store, cache)
+    assert "holds [8] rows per feature, 4 expected" in caplog.text and calls.video == 2
 
 
 def test_the_key_holds_the_weights_names_and_dtypes_the_device_type_and_autocast(tiny_clip):
