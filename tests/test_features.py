@@ -17,6 +17,7 @@ from harness.checkpoints import load_checkpoint
 from harness.data.benchmark import Split, Video
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
+from harness.errors import HarnessError
 from harness.evaluate import evaluate_split, rank_split
 from harness.features import FeatureCache, method_identity, weights_digest
 from harness.metrics import summarize
@@ -218,3 +219,17 @@ def test_the_key_holds_the_weights_names_and_dtypes_the_device_type_and_autocast
     before = method_identity(method, cpu, False)
     method.params = WithScale(scale=2.0)
     assert method_identity(method, cpu, False) != before
+
+
+def test_a_cache_that_cannot_be_written_is_reported_and_the_evaluation_goes_on(tmp_path, tiny_clip, checkpoint, split,
+                                                                                caplog, monkeypatch):
+    store = FrameStore(tmp_path / "cache", FRAMES, "fps1-linspace", SIZE, quiet=True)
+    uncached, _ = evaluate(tiny_clip, checkpoint, split, store, None)
+
+    def full_disk(path, save, what):
+        raise HarnessError(f"cannot write {what} {path}: No space left on device (nothing was written).")
+
+    monkeypatch.setattr("harness.features.atomic_save", full_disk)
+    scores, calls = evaluate(tiny_clip, checkpoint, split, store, FeatureCache(tmp_path / "cache"))
+    assert "No space left on device" in caplog.text and "used but not cached" in caplog.text
+    assert torch.equal(scores["t2v"], uncached["t2v"]) and (calls.video, calls.text) == (2, 3)
