@@ -14,6 +14,7 @@ from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import to_pixels
+from harness.features import FeatureCache, method_identity
 from harness.method import Features, Method
 from harness.metrics import Ranking, text_to_video, video_to_text
 
@@ -139,14 +140,33 @@ class StageScores:
     fine_scores: dict[str, int] = field(default_factory=dict)
 
 
+def encode_split(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, device: torch.device,
+                 mixed_precision: bool = False, quiet: bool = False,
+                 cache: FeatureCache | None = None) -> tuple[Features, Features]:
+    """The split's video and query features; with a `cache`, those it holds for the same method, weights,
+    protocol and inputs are read back instead of encoded (harness/features.py)."""
+
+    def videos() -> Features:
+        return encode_videos(method, split, store, batch_size, device, mixed_precision, quiet)
+
+    def queries() -> Features:
+        return encode_queries(method, split.captions, words, batch_size, device, mixed_precision, quiet)
+
+    if cache is None:
+        return videos(), queries()
+    identity = method_identity(method, device, mixed_precision)
+    return cache.videos(identity, split, store, videos), cache.queries(identity, split, words, queries)
+
+
 def evaluate_split(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, chunk: int,
                    device: torch.device, mixed_precision: bool = False, quiet: bool = False,
-                   directions: tuple[str, ...] = ("t2v", "v2t")) -> list[StageScores]:
-    """Every video and every query encoded exactly once, then scored: the full matrix for one-stage
-    methods; the coarse matrix and, per direction, the two-stage result for two-stage methods."""
+                   directions: tuple[str, ...] = ("t2v", "v2t"), cache: FeatureCache | None = None
+                   ) -> list[StageScores]:
+    """Every video and every query encoded exactly once (or read from `cache`), then scored: the full
+    matrix for one-stage methods; the coarse matrix and, per direction, the two-stage result for two-stage
+    methods."""
     method.eval()
-    video = encode_videos(method, split, store, batch_size, device, mixed_precision, quiet)
-    text = encode_queries(method, split.captions, words, batch_size, device, mixed_precision, quiet)
+    video, text = encode_split(method, split, store, words, batch_size, device, mixed_precision, quiet, cache)
     k = method.candidates()
     if k is None:
         scores = score_in_chunks(method, text, video, chunk, device, mixed_precision)

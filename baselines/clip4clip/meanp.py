@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from baselines.clip4clip.official import load_official_clip4clip
 from harness.method import Features, Method, masked_mean, symmetric_cross_entropy
 
 
@@ -25,6 +27,11 @@ class MeanP(Method):
 
     name = "clip4clip-meanp"
     Params = MeanPParams
+    # The official checkpoint's key map (applied by baselines/clip4clip/official.py): each head's key
+    # prefixes -> this module's names, and keys skipped on purpose. The official model creates the frame
+    # position embedding for every head; meanP never uses it.
+    official_prefixes: ClassVar[dict[str, str]] = {}
+    official_unused: ClassVar[tuple[str, ...]] = ("frame_position_embeddings.weight",)
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
         return {"video": mean_pooled_video(self.backbone.encode_frames(frames), frame_mask)}
@@ -41,6 +48,4 @@ class MeanP(Method):
         return {"total": main, "contrastive": main}
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
-        from baselines.clip4clip.official import load_official_clip4clip
-
         load_official_clip4clip(self, state, source)

@@ -84,6 +84,7 @@ class SeqLSTM(MeanP):
 
     name = "clip4clip-seqlstm"
     Params = SeqLSTMParams
+    official_prefixes = {"lstm_visual.": "lstm_visual."}  # the frame position embedding stays unused
 
     def __init__(self, backbone, params: SeqLSTMParams):
         super().__init__(backbone, params)
@@ -111,6 +112,8 @@ class SeqTransf(MeanP):
     name = "clip4clip-seqtransf"
     reported_as = "CLIP4Clip"
     Params = SeqTransfParams
+    official_prefixes = {"transformerClip.": "", "frame_position_embeddings.": "frame_position_embeddings."}
+    official_unused = ()
 
     def __init__(self, backbone, params: SeqTransfParams):
         super().__init__(backbone, params)

@@ -36,6 +36,9 @@ class TightTransf(MeanP):
 
     name = "clip4clip-tighttransf"
     Params = TightTransfParams
+    official_prefixes = {"cross.embeddings.position_embeddings.": "position_embeddings.", "cross.transformer.": "",
+                         "cross.pooler.": "", "similarity_dense.": "similarity_dense."}
+    official_unused = ()
 
     def __init__(self, backbone, params: TightTransfParams):
         super().__init__(backbone, params)

@@ -21,6 +21,7 @@ class ZeroShot(MeanP):
     name = "zeroshot"
     Params = ZeroShotParams
     trainable = False
+    official_unused = ()  # an official (CLIP4Clip-layout) file for the frozen CLIP holds clip.* keys only
 
     def score(self, text: Features, video: Features) -> Tensor:
         return text["text"] @ video["video"].t()

@@ -71,11 +71,18 @@ class FrameStore:
         self.folder = Path(cache_dir) / "frames" / f"T{frames}-{policy}-{size}px"
         self.folder.mkdir(parents=True, exist_ok=True)
 
+    def key(self, video: Video) -> str:
+        """What the frames of `video` depend on besides this store's protocol (frames, sampling, size):
+        the file's path, size and modification time and the decoded span."""
+        try:
+            stat = video.path.stat()
+        except OSError as error:
+            raise DataError(f"video {video.id!r} ({video.path}): {error.strerror or error}") from None
+        return f"{video.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{video.end_second}"
+
     def _file(self, video: Video) -> Path:
-        stat = video.path.stat()
-        key = f"{video.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{video.end_second}"
         safe_id = re.sub(r"[^A-Za-z0-9._@-]", "_", video.id)[:80]
-        return self.folder / f"{safe_id}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+        return self.folder / f"{safe_id}-{hashlib.sha1(self.key(video).encode()).hexdigest()[:16]}.npz"
 
     def has(self, video: Video) -> bool:
         """Whether the video is decoded in the cache already (under this protocol, this file version)."""

@@ -17,6 +17,11 @@ from torch import Tensor
 
 GUIDE = 5.0  # softmax temperature of the text-guided aggregation
 SHARP = 0.01  # softmax temperature of the score attention
+# The learnable score matrices `four_scores` reads, under the official code's parameter names: D x D, and
+# L x L (L: words per caption).
+EMBED_MATRICES = ("global_mat_weight", "local_mat_weight")
+WORD_MATRICES = ("word_logit_weight", "word_frame_logit_weight", "word_frame_mat_weight", "word_mat_weight",
+                 "word_frame_mat_weight2", "word_mat_weight2")
 
 
 def guided(queries: Tensor, frames: Tensor) -> Tensor:

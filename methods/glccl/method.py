@@ -21,11 +21,8 @@ from torch import Tensor, nn
 from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
 from harness.method import Features, Method, symmetric_cross_entropy
-from methods.glccl.interaction import four_scores, score_consistency
-
-WORD_MATRICES = ("word_logit_weight", "word_frame_logit_weight", "word_frame_mat_weight", "word_mat_weight",
-                 "word_frame_mat_weight2", "word_mat_weight2")
-EMBED_MATRICES = ("global_mat_weight", "local_mat_weight")
+from methods.glccl.interaction import EMBED_MATRICES, WORD_MATRICES, four_scores, score_consistency
+from methods.glccl.official import load_official_glccl
 
 
 @dataclass
@@ -91,6 +88,4 @@ class GLCCL(Method):
                 "score_consistency": consistency}
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
-        from methods.glccl.official import load_official_glccl
-
         load_official_glccl(self, state, source)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from harness.checkpoints import load_official_mapped
-from methods.glccl.method import EMBED_MATRICES, WORD_MATRICES
+from methods.glccl.interaction import EMBED_MATRICES, WORD_MATRICES
 
 KEY_MAP = {"transformerClip.resblocks.": "resblocks.", "frame_position_embeddings.": "frame_position_embeddings.",
            **{name: name for name in EMBED_MATRICES + WORD_MATRICES}}

@@ -1,0 +1,93 @@
+"""No import circle through the methods, the baselines or the feature cache: checked on the import graph
+(every import statement, those inside functions too), and by importing each official key-map module first in
+a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+PACKAGES = ("harness", "baselines", "methods")
+CHECKED = ("baselines.", "methods.", "harness.features", "harness.cachedir", "harness.evaluate")
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for file in (REPO / package).rglob("*.py"):
+            name = ".".join(file.relative_to(REPO).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = file
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports. `from package import submodule` is an edge to the
+    submodule (the package's __init__ importing its own submodules is no circle)."""
+    modules = project_modules()
+    graph = {}
+    for name, file in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                targets |= submodules or {node.module}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while not component or node not in component:
+                component.add(stack.pop())
+            on_stack.difference_update(component)
+            if len(component) > 1:
+                found.append(component)
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_circle_finder_finds_a_circle_through_a_lazy_import():
+    graph = {"a.head": {"a.official"}, "a.official": {"a.head", "h.checkpoints"}, "h.checkpoints": set()}
+    assert circles(graph) == [{"a.head", "a.official"}]
+    graph["a.official"] = {"h.checkpoints"}
+    assert circles(graph) == []
+
+
+def test_no_import_circle_through_the_methods_baselines_or_feature_cache():
+    graph = import_graph()
+    assert {"baselines.clip4clip.official", "methods.glccl.official", "harness.features"} <= graph.keys()
+    assert "baselines.clip4clip.official" in graph["baselines.clip4clip.meanp"]  # the edge the head needs
+    offending = [sorted(c) for c in circles(graph) if any(m.startswith(CHECKED) for m in c)]
+    assert offending == []
+
+
+@pytest.mark.parametrize("official, head", [("baselines.clip4clip.official", "baselines.clip4clip"),
+                                            ("methods.glccl.official", "methods.glccl")])
+def test_each_official_module_imports_first_in_a_fresh_interpreter(official, head):
+    code = f"import {official}; import {head}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
