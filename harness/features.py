@@ -2,8 +2,8 @@
 weights encodes nothing again.
 
 Entries live under `cache_dir/features/`, named by a SHA-256 of everything the features depend on:
-- the method: its class and name, its resolved params and its weights (every state_dict tensor with its
-  name, dtype and shape);
+- the method: its class and name, its resolved params, its weights (every state_dict tensor with its
+  name, dtype and shape) and its code (see `code_digest`);
 - how it ran: the device type and whether bf16 autocast was on (bf16 features differ from fp32);
 - the inputs: for videos, the frame store's protocol (frames, sampling, image size) and every video's
   frame-cache key (path, size, modification time, decoded span); for queries, the word count and every
@@ -11,15 +11,15 @@ Entries live under `cache_dir/features/`, named by a SHA-256 of everything the f
 Any change to one of these is another entry. One entry holds a split's videos (or its captions), in
 order; splits with the same videos share it. Entries are .npz archives, written atomically (processes
 sharing a cache never read half an entry) and CRC-checked on read: a corrupt or unreadable entry is
-reported, not used, and encoded again. The key does not hold the code of the encoders: after changing
-how a method encodes without changing its weights or params, clear the features
-(`harness cache clear --kind features`).
+reported, not used, and encoded again. The key also holds the source of the method's package and of the
+engine's encoding path, so that editing an encoder never returns features the old code computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import re
@@ -52,10 +52,28 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# The engine's code that every method's encoders run through (frames to pixels, tokens, the backbone).
+ENGINE_SOURCES = ("harness/backbone.py", "harness/method.py", "harness/evaluate.py", "harness/data/video.py",
+                  "harness/data/text.py")
+
+
+def code_digest(cls: type) -> str:
+    """SHA-256 of the source files that compute a method's features: every module of the package that
+    defines it (a plugin's whole package) and the engine's encoding path."""
+    import harness
+
+    package = Path(inspect.getfile(cls)).parent
+    root = Path(harness.__file__).parent.parent
+    digest = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")) + [root / name for name in ENGINE_SOURCES]:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def method_identity(method: Method, device: torch.device, mixed_precision: bool) -> dict:
     """What a method's features depend on besides their inputs."""
     cls = type(method)
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "name": method.name,
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "name": method.name, "code": code_digest(cls),
             "params": dataclasses.asdict(method.params), "weights": weights_digest(method), "device": device.type,
             # autocast is used only on CUDA (harness.evaluate.autocast): on the CPU the flag changes nothing
             "bf16_autocast": bool(mixed_precision and device.type == "cuda")}

@@ -27,6 +27,7 @@ from harness.data.benchmark import Split, drop_videos
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
 from harness.evaluate import StageScores, evaluate_split, rank_split
+from harness.features import FeatureCache
 from harness.files import atomic_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.interrupt import Interrupted, Stopped, signal_number
@@ -148,6 +149,7 @@ class RunContext:
     train_store: FrameStore | None
     train_policy: str
     run_dir: Path
+    features: FeatureCache | None = None  # encoded test features, reused by a later evaluation of the same weights
     quiet: bool = False
     force: bool = False
     log: Callable = print
@@ -210,7 +212,7 @@ def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[di
     for split in ctx.prepared.test_splits:
         for stage in evaluate_split(method, split, ctx.store, suite.protocol.words, evaluation.batch_size,
                                     evaluation.score_chunk, ctx.prepared.device, suite.training.mixed_precision,
-                                    ctx.quiet, tuple(evaluation.directions)):
+                                    ctx.quiet, tuple(evaluation.directions), cache=ctx.features):
             rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
     return rows
 
@@ -261,7 +263,8 @@ def prepare(suite: Suite, run_dir: Path, quiet: bool, force: bool, log) -> RunCo
     train_store = store if train_policy == protocol.sampling else (
         None if train_policy == "rand" else FrameStore(cache_dir, protocol.frames, train_policy, size, quiet,
                                                        timeout=timeout))
-    return RunContext(suite, prepared, store, train_store, train_policy, run_dir, quiet, force, log)
+    return RunContext(suite, prepared, store, train_store, train_policy, run_dir, FeatureCache(cache_dir), quiet, force,
+                      log)
 
 
 def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print, force: bool = False,

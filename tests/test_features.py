@@ -233,3 +233,18 @@ def test_a_cache_that_cannot_be_written_is_reported_and_the_evaluation_goes_on(t
     scores, calls = evaluate(tiny_clip, checkpoint, split, store, FeatureCache(tmp_path / "cache"))
     assert "No space left on device" in caplog.text and "used but not cached" in caplog.text
     assert torch.equal(scores["t2v"], uncached["t2v"]) and (calls.video, calls.text) == (2, 3)
+
+
+def test_editing_a_methods_source_changes_its_feature_key(tmp_path, monkeypatch):
+    """The key holds the code that computes the features: an edited encoder never reads old features."""
+    import importlib
+
+    from harness.features import code_digest
+
+    package = tmp_path / "edited_method"
+    package.mkdir()
+    (package / "__init__.py").write_text("class Head:\n    scale = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_digest(importlib.import_module("edited_method").Head)
+    (package / "__init__.py").write_text("class Head:\n    scale = 2.0\n")
+    assert code_digest(importlib.import_module("edited_method").Head) != before
