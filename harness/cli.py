@@ -203,14 +203,33 @@ def _cache_clear(args: argparse.Namespace) -> None:
         raise HarnessError(f"{len(failed)} cache entries could not be removed: " + "; ".join(failed))
 
 
+def _new_method(args: argparse.Namespace) -> None:
+    from harness.scaffold import new_method
+
+    folder = Path(args.dir or args.name)
+    for path in new_method(args.name, folder):
+        print(f"wrote {path}")
+    print(f"next: pip install -e {folder} && harness check-method {args.name} && harness run {folder / 'suite.yaml'}")
+
+
+def _check_method(args: argparse.Namespace) -> int:
+    from harness.conformance import check_registered, failures
+    from harness.suite import load_suite
+
+    findings = check_registered(args.name, load_suite(args.suite) if args.suite else None)
+    for finding in findings:
+        print(finding)
+    broken = failures(findings)
+    print(f"{args.name}: {len(findings) - len(broken)} checks passed, {len(broken)} failed")
+    return 1 if broken else 0
+
+
 def _list(args: argparse.Namespace) -> None:
     from harness import registry
 
     for title, entries in (("methods", registry.methods()), ("benchmarks", registry.benchmarks())):
         print(f"{title}:")
-        for name in sorted(entries):
-            where, summary = registry.describe(entries[name])
-            print(f"  {name:<22} {summary}  [{where}]")
+        print("\n".join(registry.listing(entries)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,6 +325,17 @@ def parser() -> argparse.ArgumentParser:
     clear.set_defaults(handler=_cache_clear)
     listing = commands.add_parser("list", help="methods and benchmarks available (built-in and plugins)")
     listing.set_defaults(handler=_list)
+    scaffold = commands.add_parser("new-method", help="write a ready plugin package for a new method (entry point, "
+                                                      "method module, example suite, conformance test)")
+    scaffold.add_argument("name", help="the method's registered name, e.g. my-method")
+    scaffold.add_argument("--dir", help="where to write the package (default: ./NAME)")
+    scaffold.set_defaults(handler=_new_method)
+    conformance = commands.add_parser("check-method", help="test a registered method against the method contract on "
+                                                           "random inputs; exit 1 if a rule fails")
+    conformance.add_argument("name", help="registered method name (or distribution:name)")
+    conformance.add_argument("--suite", help="take the shapes, backbone architecture (random weights) and params from "
+                                             "this suite (default: a small random CLIP, 8 frames, 32 words)")
+    conformance.set_defaults(handler=_check_method)
     return main
 
 

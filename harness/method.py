@@ -19,6 +19,12 @@ from harness.errors import CheckpointError
 # slices, concatenates, moves and caches it without knowing what is inside.
 Features = dict[str, Tensor]
 
+# protocol() keys by which a method declares that its scores read the content of padded frames or padded
+# word positions because its official code does (the value says how); the conformance check then
+# confirms that they do, instead of that they do not.
+PADDED_FRAMES = "padded_frames"
+PADDED_WORDS = "padded_words"
+
 
 class Method(nn.Module):
     name: ClassVar[str]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.errors import SuiteError
+from harness.errors import HarnessError, SuiteError
 
 Sampling = Literal["fps1-linspace", "uniform"]
 TrainSampling = Literal["fps1-linspace", "uniform", "rand"]
@@ -261,7 +261,10 @@ def parse_suite(data: Any, source: str) -> Suite:
             f"{source}: benchmark.name: unknown benchmark {suite.benchmark.name!r}. "
             f"Allowed: {', '.join(sorted(benchmarks))}.{_suggest(suite.benchmark.name, benchmarks)}"
         )
-    benchmark_cls = benchmarks[suite.benchmark.name]
+    try:
+        benchmark_cls = benchmarks[suite.benchmark.name]
+    except HarnessError as error:
+        raise SuiteError(f"{source}: benchmark.name: {error}") from None
     given_protocol = (data.get("protocol") or {}) if isinstance(data, dict) else {}
     for key, value in benchmark_cls.protocol_defaults.items():
         if key not in given_protocol:  # the benchmark's protocol value (e.g. 64 frames for DiDeMo)
@@ -292,8 +295,12 @@ def parse_suite(data: Any, source: str) -> Suite:
         if spec.name in seen:
             raise SuiteError(f"{source}: methods[{i}].name: method {spec.name!r} is listed twice.")
         seen.add(spec.name)
+        try:  # a broken or ambiguous plugin fails here, with its own error
+            method_cls = methods[spec.name]
+        except HarnessError as error:
+            raise SuiteError(f"{source}: methods[{i}].name: {error}") from None
         # Resolve now so that a typo in a hyper-parameter fails before any work starts.
-        spec.params = method_params(methods[spec.name], suite, spec.params or {}, f"methods[{i}].params")
+        spec.params = method_params(method_cls, suite, spec.params or {}, f"methods[{i}].params")
     for i, direction in enumerate(suite.evaluation.directions):
         if suite.evaluation.directions.index(direction) != i:
             raise SuiteError(f"{source}: evaluation.directions[{i}]: {direction!r} is listed twice.")

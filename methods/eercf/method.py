@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
-from harness.method import Features, Method, masked_mean, symmetric_cross_entropy
+from harness.method import PADDED_FRAMES, Features, Method, masked_mean, symmetric_cross_entropy
 from methods.eercf import scores
 from methods.eercf.scores import pearson_constraint
 
@@ -150,7 +150,9 @@ class EERCF(Method):
     def protocol(self) -> dict[str, str]:
         return {"retrieval": f"two-stage: coarse s_v over the gallery, fine score on the top {self.params.candidates} "
                              "per query, in both directions (the released code reranks per text query and ranks v2t "
-                             "on that matrix transposed)"}
+                             "on that matrix transposed)",
+                PADDED_FRAMES: "the weak frame, strong frame and weak patch scores read every frame, no frame mask "
+                               "(official)"}
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
         from methods.eercf.official import load_official_eercf

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
-from harness.method import Features, Method, symmetric_cross_entropy
+from harness.method import PADDED_FRAMES, PADDED_WORDS, Features, Method, symmetric_cross_entropy
 from methods.glccl.interaction import EMBED_MATRICES, WORD_MATRICES, four_scores, score_consistency
 from methods.glccl.official import load_official_glccl
 
@@ -86,6 +86,11 @@ class GLCCL(Method):
         consistency = score_consistency(stacked)
         return {"total": main + self.params.csc_weight * consistency, "contrastive": main,
                 "score_consistency": consistency}
+
+    def protocol(self) -> dict[str, str]:
+        return {PADDED_FRAMES: "the text- and word-guided aggregation reads every frame, no frame mask (official)",
+                PADDED_WORDS: "one word-guided aggregate per word position, padding included, in every word-level "
+                              "score (official)"}
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
         load_official_glccl(self, state, source)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
-from harness.method import Features, Method, symmetric_cross_entropy
+from harness.method import PADDED_FRAMES, PADDED_WORDS, Features, Method, symmetric_cross_entropy
 from methods.glscl.interaction import LocalInteraction, global_scores, local_scores
 from methods.glscl.losses import ConsistencyAverage, inter_consistency, intra_diversity
 
@@ -124,8 +124,13 @@ class GLSCL(Method):
                 "consistency": consistency}
 
     def protocol(self) -> dict[str, str]:
-        return {"text_padding": TEXT_PADDING_NOTES[self.params.text_padding],
-                "consistency_average": self.params.consistency_average}
+        facts = {"text_padding": TEXT_PADDING_NOTES[self.params.text_padding],
+                 "consistency_average": self.params.consistency_average,
+                 PADDED_FRAMES: "the frame mask multiplies the global softmax weights after the softmax, without "
+                                "renormalising, and the local decoder reads every frame (official)"}
+        if self.params.text_padding == "mask-keys":
+            facts[PADDED_WORDS] = "the local decoder reads every word state, padding included (official)"
+        return facts
 
     def load_official(self, state: dict[str, Tensor], source: str) -> None:
         from methods.glscl.official import load_official_glscl
