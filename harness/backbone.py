@@ -17,7 +17,6 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 
 from harness.errors import CheckpointError
-from harness.suite import Suite
 
 PIXEL_MEAN = OPENAI_DATASET_MEAN
 PIXEL_STD = OPENAI_DATASET_STD
@@ -153,25 +152,6 @@ def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu
         )
     load_weights_strictly(model, state, source)
     return model.float()
-
-
-SYNTHETIC_ARCH = "synthetic-small"
-
-
-def load_backbone(suite: Suite, cache_dir: Path, quiet: bool = False) -> Backbone:
-    """The suite's backbone: its local CLIP checkpoint, or the built-in small CLIP (pre-trained into the
-    cache on first use)."""
-    spec = suite.backbone
-    arch, checkpoint = spec.arch, spec.checkpoint
-    if arch == SYNTHETIC_ARCH and checkpoint is None:
-        from harness.synthetic_backbone import synthetic_checkpoint  # its pre-training code builds on this module
-
-        checkpoint, arch = str(synthetic_checkpoint(cache_dir, suite.seed, quiet)), "auto"
-    if checkpoint is None:
-        raise CheckpointError(f"backbone.checkpoint: no CLIP checkpoint given for {arch}. Point it at a local file "
-                              "(e.g. OpenAI's ViT-B-32.pt), for example checkpoint: ${CLIP_CHECKPOINT}.")
-    clip = load_clip(arch, checkpoint, suite.protocol.words, spec.quick_gelu)
-    return Backbone(clip, {"arch": spec.arch, "checkpoint": str(checkpoint), "quick_gelu": spec.quick_gelu})
 
 
 class Backbone(nn.Module):

@@ -1,4 +1,5 @@
-"""Method checkpoints: evaluate a given one instead of training, and convert official ones.
+"""Checkpoints: the suite's CLIP backbone, a method's given checkpoint instead of training, official ones
+converted.
 
 "official": saved by the method's own code base, mapped by the method's explicit, strict key map
 (`Method.load_official`). "harness": a method state dict saved by the harness.
@@ -12,11 +13,26 @@ import torch
 from torch import Tensor
 
 from harness import registry
-from harness.backbone import load_backbone, load_weights_strictly, read_state_dict
+from harness.backbone import Backbone, load_clip, load_weights_strictly, read_state_dict
 from harness.errors import CheckpointError, SuiteError
 from harness.files import atomic_save
 from harness.method import Method
 from harness.suite import Suite, method_params
+from harness.synthetic_backbone import SYNTHETIC_ARCH, synthetic_checkpoint
+
+
+def load_backbone(suite: Suite, cache_dir: Path, quiet: bool = False) -> Backbone:
+    """The suite's backbone: its local CLIP checkpoint, or the built-in small CLIP (pre-trained into the
+    cache on first use)."""
+    spec = suite.backbone
+    arch, checkpoint = spec.arch, spec.checkpoint
+    if arch == SYNTHETIC_ARCH and checkpoint is None:
+        checkpoint, arch = str(synthetic_checkpoint(cache_dir, suite.seed, quiet)), "auto"
+    if checkpoint is None:
+        raise CheckpointError(f"backbone.checkpoint: no CLIP checkpoint given for {arch}. Point it at a local file "
+                              "(e.g. OpenAI's ViT-B-32.pt), for example checkpoint: ${CLIP_CHECKPOINT}.")
+    clip = load_clip(arch, checkpoint, suite.protocol.words, spec.quick_gelu)
+    return Backbone(clip, {"arch": spec.arch, "checkpoint": str(checkpoint), "quick_gelu": spec.quick_gelu})
 
 
 def load_official_mapped(method: Method, state: dict[str, Tensor], key_map: dict[str, str], source: str,

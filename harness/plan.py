@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from harness import registry
-from harness.backbone import SYNTHETIC_ARCH
 from harness.cost.report import cost_table, suite_cost
 from harness.data.check import frame_size
 from harness.data.frames import FrameStore
@@ -24,6 +23,7 @@ from harness.fingerprint import method_differences, method_fingerprint, run_diff
 from harness.preflight import select_device
 from harness.results import code_version, read_results
 from harness.suite import Suite
+from harness.synthetic_backbone import SYNTHETIC_ARCH, VERSION
 
 
 def backbone_file(suite: Suite) -> Path | None:
@@ -31,8 +31,6 @@ def backbone_file(suite: Suite) -> Path | None:
     if suite.backbone.checkpoint:
         path = Path(suite.backbone.checkpoint).expanduser()
     elif suite.backbone.arch == SYNTHETIC_ARCH:
-        from harness.synthetic_backbone import VERSION
-
         path = Path(suite.cache_dir).expanduser() / "backbones" / f"synthetic-small-v{VERSION}-seed{suite.seed}.pt"
     else:
         return None

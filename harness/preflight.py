@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from harness import registry
-from harness.backbone import Backbone, load_backbone, read_state_dict
-from harness.checkpoints import load_checkpoint
+from harness.backbone import Backbone, read_state_dict
+from harness.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos
 from harness.errors import DataError, HarnessError
 from harness.suite import Suite

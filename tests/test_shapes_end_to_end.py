@@ -18,7 +18,7 @@ from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import to_pixels
 from harness.registry import benchmarks, methods
-from harness.backbone import load_backbone
+from harness.checkpoints import load_backbone
 from harness.suite import load_suite
 
 REPO = Path(__file__).parent.parent

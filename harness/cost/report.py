@@ -22,13 +22,13 @@ from harness.errors import DataError
 from harness.report.reported import head_flops
 from harness.results import environment
 from harness.suite import Suite
-from harness.synthetic_backbone import small_shape
+from harness.synthetic_backbone import SYNTHETIC_ARCH, small_shape
 
 def shape_backbone(suite: Suite) -> Backbone:
     """The suite's backbone architecture with random weights (counting needs shapes only)."""
     spec, words = suite.backbone, suite.protocol.words
     torch.manual_seed(0)
-    if spec.arch == "synthetic-small":
+    if spec.arch == SYNTHETIC_ARCH:
         return Backbone(build_clip(small_shape(), words, spec.quick_gelu))
     if spec.arch == "auto":
         if spec.checkpoint is None or not Path(spec.checkpoint).is_file():

@@ -17,15 +17,14 @@ from harness.data.frames import FrameStore
 from harness.errors import DataError
 from harness.files import atomic_write
 from harness.suite import Suite
+from harness.synthetic_backbone import IMAGE_SIZE, SYNTHETIC_ARCH
 
 
 def frame_size(suite: Suite) -> int:
     """The decoded frame size: the protocol's, else the backbone architecture's input size."""
     if suite.protocol.image_size:
         return suite.protocol.image_size
-    if suite.backbone.arch == "synthetic-small":
-        from harness.synthetic_backbone import IMAGE_SIZE
-
+    if suite.backbone.arch == SYNTHETIC_ARCH:
         return IMAGE_SIZE
     if suite.backbone.arch == "auto" and suite.backbone.checkpoint:  # the sizes are in the weights
         from harness.backbone import read_state_dict, shape_from_state_dict
