@@ -102,14 +102,18 @@ def _cost(args: argparse.Namespace) -> None:
     import json
 
     from harness.cost.report import cost_table, suite_cost
+    from harness.cost.scale import parse_galleries, scale_table
     from harness.files import atomic_write
     from harness.preflight import select_device
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
+    galleries = parse_galleries(args.gallery) if args.gallery else []
     cost = suite_cost(suite, select_device(suite.device), timing=not args.no_timing,
-                      log=(lambda *_: None) if args.quiet else print)
+                      log=(lambda *_: None) if args.quiet else print, galleries=galleries, time_limit=args.time_limit)
     print(cost_table(cost))
+    if galleries:
+        print(scale_table(cost["methods"]))
     if args.output:
         atomic_write(Path(args.output), json.dumps(cost, indent=2) + "\n")
         print(f"cost: {args.output}")
@@ -135,6 +139,8 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> None:
+    import json
+
     from harness.report.leaderboard import build_leaderboards, load_run
     from harness.report.render import FORMATS, write_report
 
@@ -148,7 +154,15 @@ def _report(args: argparse.Namespace) -> None:
     runs = [load_run(path) for path in args.runs]
     boards = build_leaderboards(runs, args.reference, compare, resamples=args.resamples)
     output = Path(args.output) if args.output else runs[0].folder / "report"
-    for path in write_report(boards, runs, formats, output):
+    cost = None
+    if args.cost:
+        try:
+            cost = json.loads(Path(args.cost).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HarnessError(f"--cost {args.cost}: cannot be read as a `harness cost --output` file ({error}).") from None
+        if not isinstance(cost, dict) or not isinstance(cost.get("methods"), dict):
+            raise HarnessError(f"--cost {args.cost}: not a `harness cost --output` file (no methods).")
+    for path in write_report(boards, runs, formats, output, cost):
         print(f"wrote {path}")
 
 
@@ -273,6 +287,10 @@ def parser() -> argparse.ArgumentParser:
     cost.add_argument("suite", help="suite YAML file")
     cost.add_argument("--output", help="write the cost record (JSON) here")
     cost.add_argument("--no-timing", action="store_true", help="count MACs only")
+    cost.add_argument("--gallery", metavar="SIZES", help="also measure one query (and a batch) against stored galleries "
+                                                        "of these sizes, e.g. 1e4,1e5,1e6: time and peak memory")
+    cost.add_argument("--time-limit", type=float, default=120.0, metavar="S",
+                      help="with --gallery: skip a size expected to take longer than S seconds (default 120)")
     cost.add_argument("--quiet", action="store_true")
     cost.set_defaults(handler=_cost)
     data = commands.add_parser("data", help="check a suite's data on disk")
@@ -295,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--compare", help="two methods for the per-query view, e.g. glscl,clip4clip-meanp "
                                           "(default: the best R@1 against the reference)")
     report.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    report.add_argument("--cost", metavar="COST_JSON", help="a `harness cost --gallery ... --output` file: adds the "
+                                                            "measured online cost at scale (table and plot)")
     report.set_defaults(handler=_report)
     gate = commands.add_parser("check", help="regression gate: compare a run with a stored baseline or the published "
                                              "numbers; exit 1 if a metric moved beyond its tolerance")

@@ -17,6 +17,7 @@ import torch
 from harness import registry
 from harness.backbone import Backbone, build_clip, read_state_dict, shape_from_state_dict
 from harness.cost.model import GALLERIES, MATRIX_1KA, method_cost
+from harness.cost.scale import measure_scale, scale_record
 from harness.cost.timing import time_method
 from harness.errors import DataError
 from harness.report.reported import head_flops
@@ -40,7 +41,10 @@ def shape_backbone(suite: Suite) -> Backbone:
     return Backbone(clip)
 
 
-def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=print) -> dict:
+def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=print, galleries: list[int] = (),
+               time_limit: float = 120.0) -> dict:
+    """Every method of the suite counted (and timed), and with `galleries` its online cost measured at those
+    gallery sizes (harness/cost/scale.py)."""
     protocol = suite.protocol
     backbone = shape_backbone(suite)
     size = protocol.image_size or backbone.image_size
@@ -56,6 +60,11 @@ def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=prin
         if timing:
             times = time_method(method, protocol.frames, protocol.words, size, device, cost.score.per_pair)
             record["timing"] = {stage: asdict(t) for stage, t in times.items()}
+        if galleries:
+            log(f"measuring {spec.name} against galleries of {', '.join(f'{g:,}' for g in galleries)} videos ...")
+            points = measure_scale(method, protocol.frames, protocol.words, size, list(galleries),
+                                   suite.evaluation.score_chunk, {g: cost.online(g) for g in galleries}, time_limit)
+            record["scale"] = scale_record(points)
         methods[spec.name] = record
     return {"protocol": {"frames": protocol.frames, "words": protocol.words, "image_size": size,
                          "arch": suite.backbone.arch, "weights": "random (cost depends on shapes only)",

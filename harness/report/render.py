@@ -10,7 +10,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from harness.report.leaderboard import Cell, Leaderboard, Run
-from harness.report.plot import frontier_pdf, frontier_svg
+from harness.report.plot import frontier_figure, pdf, scale_figure, svg
 from harness.files import atomic_write
 
 FORMATS = ("html", "tex", "md")
@@ -72,20 +72,45 @@ def provenance(runs: list[Run]) -> list[dict]:
              "device": run.results.get("environment", {}).get("device", "")} for run in runs]
 
 
-def write_report(boards: list[Leaderboard], runs: list[Run], formats: list[str], output: Path) -> list[Path]:
+def scale_rows(cost: dict | None) -> dict | None:
+    """The measured online cost at scale (`harness cost --gallery` output) as table rows."""
+    if not cost or not any(record.get("scale") for record in cost["methods"].values()):
+        return None
+    rows = []
+    for name, record in cost["methods"].items():
+        for p in record.get("scale", []):
+            measured = p["status"] == "measured"
+            rows.append({"method": name, "gallery": f"{p['gallery']:,}",
+                         "gmac": f"{p['online_macs'] / 1e9:.4g}" if p["online_macs"] is not None else "",
+                         "one": f"{p['one_query_s'] * 1e3:.2f}" if measured else "",
+                         "batch": f"{p['per_query_in_batch_s'] * 1e3:.2f}" if measured else "",
+                         "peak": f"{p['peak_mib']:.0f}" if measured and p["peak_mib"] is not None else "",
+                         "note": "" if measured else f"{p['status']}: {p['reason']}"})
+    first = next(p for r in cost["methods"].values() for p in r.get("scale", []))
+    return {"rows": rows, "batch": first["batch"], "device": cost.get("environment", {}).get("device_name", "")}
+
+
+def write_report(boards: list[Leaderboard], runs: list[Run], formats: list[str], output: Path,
+                 cost: dict | None = None) -> list[Path]:
+    """The report files; with `cost` (a `harness cost --gallery` record), a section on the measured online
+    cost at scale."""
     output.mkdir(parents=True, exist_ok=True)
-    context = {"boards": boards, "runs": provenance(runs), "significance": 0.05}
+    scale = scale_rows(cost)
+    context = {"boards": boards, "runs": provenance(runs), "significance": 0.05, "scale": scale}
     written = []
     if "html" in formats:
-        plots = {b.key: Markup(frontier_svg(b)) for b in boards if b.plot_points()}
-        text = _environment(True).get_template("report.html.j2").render(**context, plots=plots)
+        plots = {b.key: Markup(svg(frontier_figure(b))) for b in boards if b.plot_points()}
+        scale_plot = Markup(svg(scale_figure(cost))) if scale else ""
+        text = _environment(True).get_template("report.html.j2").render(**context, plots=plots, scale_plot=scale_plot)
         atomic_write(output / "report.html", text)
         written.append(output / "report.html")
     if "tex" in formats:
-        plots = {b.key: frontier_pdf(b, output / f"frontier-{b.key}.pdf").name for b in boards if b.plot_points()}
-        text = _environment(False).get_template("report.tex.j2").render(**context, plots=plots)
+        plots = {b.key: pdf(frontier_figure(b), output / f"frontier-{b.key}.pdf").name
+                 for b in boards if b.plot_points()}
+        scale_plot = pdf(scale_figure(cost), output / "scale.pdf").name if scale else ""
+        text = _environment(False).get_template("report.tex.j2").render(**context, plots=plots, scale_plot=scale_plot)
         atomic_write(output / "report.tex", text)
-        written += [output / "report.tex", *(output / name for name in plots.values())]
+        written += [output / "report.tex", *(output / name for name in [*plots.values(), scale_plot] if name)]
     if "md" in formats:
         text = _environment(False).get_template("report.md.j2").render(**context)
         atomic_write(output / "report.md", text)

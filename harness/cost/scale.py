@@ -1,0 +1,211 @@
+"""Measured online retrieval cost at gallery scale: `harness cost SUITE --gallery 1e4,1e5,1e6`.
+
+For each method and gallery size G, a gallery of G stored video features of the method's real shapes
+(one encoded video repeated: cost depends on shapes, not values) and the features of one query: the time
+to answer one text query (median of 3; the score against every gallery item in chunks of `chunk` videos, then the top
+10; a two-stage method: the coarse score on every item, its top k, the fine score on those k) and the time
+per query when a batch of queries is answered at once; the peak memory of doing so beyond the stored
+features. Each size is measured in a child process, so that one method's memory does not colour the next
+and a size that would exhaust memory never runs: when the features (bytes per video x G, twice for the
+working copy) exceed the memory budget, the size is reported as not fitting, with those figures. A size
+whose time, extrapolated linearly from the previous one, exceeds the time limit is reported as such
+instead of measured.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from harness.data.text import tokenize
+from harness.errors import HarnessError
+from harness.method import Features, Method
+
+TOP = 10  # what one query returns
+REPEATS = 3  # one query is timed this often; the median is kept
+BATCH = 16  # queries answered at once in the batch figure
+
+
+@dataclass
+class ScalePoint:
+    gallery: int
+    bytes_per_video: int
+    status: str  # "measured", "does not fit", "too slow"
+    reason: str = ""
+    one_query_s: float | None = None
+    per_query_in_batch_s: float | None = None
+    batch: int = BATCH
+    peak_mib: float | None = None  # beyond the stored features
+    online_macs: float | None = None  # counted, one text query (harness/cost/model.py)
+
+
+def parse_galleries(text: str) -> list[int]:
+    """"1e4,1e5,1e6" -> [10000, 100000, 1000000]; anything else is an error naming the value."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = -1.0
+        if value < 1 or value != int(value):
+            raise HarnessError(f"--gallery {text!r}: {item!r} is not a gallery size (a positive whole number, e.g. 1e5).")
+        sizes.append(int(value))
+    return sorted(set(sizes))
+
+
+def available_bytes() -> int:
+    """Memory the system can give now (MemAvailable), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def bytes_per_item(features: Features) -> int:
+    return sum(value[0].numel() * value.element_size() for value in features.values())
+
+
+def repeated(features: Features, count: int) -> Features:
+    return {name: value[:1].expand(count, *value.shape[1:]).contiguous() for name, value in features.items()}
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets the resident high-water mark (VmHWM) to the current size
+        return True
+    except OSError:
+        return False
+
+
+@torch.no_grad()
+def answer(method: Method, queries: Features, gallery: Features, chunk: int) -> torch.Tensor:
+    """The top items of the gallery for each query, as the harness's engine would find them (in chunks)."""
+    k = method.candidates()
+    score = method.coarse_score if k is not None else method.score
+    count = next(iter(gallery.values())).shape[0]
+    parts = [score(queries, {n: v[start:start + chunk] for n, v in gallery.items()}).float()
+             for start in range(0, count, chunk)]
+    scores = torch.cat(parts, dim=1)
+    if k is None:
+        return scores.topk(min(TOP, count), dim=1).indices
+    top = scores.topk(min(k, count), dim=1).indices
+    for q in range(top.shape[0]):  # the fine score on each query's k candidates
+        query = {n: v[q:q + 1] for n, v in queries.items()}
+        fine = method.score(query, {n: v[top[q]] for n, v in gallery.items()}).float().reshape(-1)
+        top[q] = top[q][fine.argsort(descending=True)]
+    return top[:, :TOP]
+
+
+def _measure(method: Method, video: Features, text: Features, gallery: int, chunk: int, pipe) -> None:
+    """Child process: build the gallery, time one query and a batch, report the peak memory beyond it."""
+    try:
+        stored = repeated(video, gallery)
+        queries = repeated(text, BATCH)
+        one = {n: v[:1] for n, v in queries.items()}
+        answer(method, one, repeated(video, min(gallery, chunk)), chunk)  # warm-up
+        peak_known = _reset_peak()
+        before = _status_kib("VmRSS")
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            answer(method, one, stored, chunk)
+            times.append(time.perf_counter() - start)
+        one_query = statistics.median(times)
+        start = time.perf_counter()
+        answer(method, queries, stored, chunk)
+        batch = (time.perf_counter() - start) / BATCH
+        after = _status_kib("VmHWM")
+        peak = (after - before) / 1024 if peak_known and before is not None and after is not None else None
+        pipe.send({"one_query_s": one_query, "per_query_in_batch_s": batch, "peak_mib": peak})
+    except Exception as error:  # reported as the size's status, not a crash of the whole table
+        pipe.send({"error": f"{type(error).__name__}: {error}"})
+    finally:
+        pipe.close()
+
+
+def measure_scale(method: Method, frames: int, words: int, size: int, galleries: list[int], chunk: int,
+                  online_macs: dict[int, float], time_limit: float = 120.0,
+                  memory_budget: int | None = None) -> list[ScalePoint]:
+    """One ScalePoint per gallery size, smallest first."""
+    method.eval()
+    with torch.no_grad():
+        frame_mask = torch.ones(1, frames, dtype=torch.bool)
+        video = method.encode_video(torch.randn(1, frames, 3, size, size), frame_mask)
+        tokens, token_mask = tokenize(["a person is cooking in a kitchen"], words)
+        text = method.encode_text(tokens, token_mask)
+    per_video = bytes_per_item(video)
+    budget = memory_budget if memory_budget is not None else int(0.8 * available_bytes())
+    # spawn: a forked child would hang in its first multi-threaded (OpenMP) operation once the parent ran one
+    context = multiprocessing.get_context("spawn")
+    points, previous = [], None
+    for gallery in sorted(galleries):
+        point = ScalePoint(gallery, per_video, "measured", online_macs=online_macs.get(gallery))
+        needed = 2 * per_video * gallery
+        if needed > budget:
+            point.status = "does not fit"
+            point.reason = (f"{per_video:,} B per video x {gallery:,} videos x 2 (stored + working copy) = "
+                            f"{needed / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available")
+        elif previous is not None and \
+                previous.one_query_s * (REPEATS + BATCH) * gallery / previous.gallery > time_limit:
+            expected = previous.one_query_s * gallery / previous.gallery
+            point.status = "too slow"
+            point.reason = (f"about {expected:.3g} s per query, {expected * (REPEATS + BATCH):.0f} s to measure "
+                            f"(linear from {previous.gallery:,} videos): over the {time_limit:g} s limit")
+        else:
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, send))
+            child.start()
+            send.close()
+            result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}
+            child.join()
+            if "error" in result:
+                point.status, point.reason = "failed", result["error"]
+            else:
+                point.one_query_s = result["one_query_s"]
+                point.per_query_in_batch_s = result["per_query_in_batch_s"]
+                point.peak_mib = result["peak_mib"]
+        points.append(point)
+        if point.status == "measured":
+            previous = point
+    return points
+
+
+def scale_record(points: list[ScalePoint]) -> list[dict]:
+    return [asdict(p) for p in points]
+
+
+def scale_table(methods: dict[str, dict]) -> str:
+    """One line per method and gallery size: measured times and memory beside the counted MACs, or why not."""
+    lines = [f"{'method':<22} {'gallery':>9} {'GMAC/query':>11} {'1 query':>10} {'in batch':>10} {'peak MiB':>9}  note"]
+    for name, record in methods.items():
+        for point in record.get("scale", []):
+            macs = f"{point['online_macs'] / 1e9:.4g}" if point["online_macs"] is not None else "-"
+            if point["status"] == "measured":
+                peak = f"{point['peak_mib']:.0f}" if point["peak_mib"] is not None else "-"
+                lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {point['one_query_s'] * 1e3:>8.2f}ms "
+                             f"{point['per_query_in_batch_s'] * 1e3:>8.2f}ms {peak:>9}")
+            else:
+                lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {'-':>10} {'-':>10} {'-':>9}  "
+                             f"{point['status']}: {point['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Measured online retrieval cost at gallery scale (`harness cost --gallery`): what one query costs against
+galleries of stored features, the sizes that do not fit or would take too long said so, and the report's
+section built from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import write_suite
+from harness.backbone import Backbone, load_clip
+from harness.cli import main
+from harness.cost.scale import answer, bytes_per_item, measure_scale, parse_galleries
+from harness.evaluate import two_stage_scores
+from methods.eercf import EERCF, EERCFParams
+from baselines.clip4clip import MeanP
+
+
+@pytest.fixture
+def meanp(tiny_clip):
+    torch.manual_seed(0)
+    return MeanP(Backbone(load_clip("auto", tiny_clip, 16)), MeanP.Params()).eval()
+
+
+def features(method, videos: int, texts: int, frames: int = 2):
+    torch.manual_seed(1)
+    size = method.backbone.image_size
+    with torch.no_grad():
+        video = method.encode_video(torch.randn(videos, frames, 3, size, size),
+                                    torch.ones(videos, frames, dtype=torch.bool))
+        tokens = torch.randint(1, 400, (texts, 16))
+        tokens[:, 8] = method.backbone.clip.vocab_size - 1  # EOT: the largest id
+        tokens[:, 9:] = 0
+        text = method.encode_text(tokens, tokens != 0)
+    return text, video
+
+
+def test_answer_finds_the_top_items_of_the_full_matrix(meanp):
+    text, video = features(meanp, 300, 5)
+    top = answer(meanp, text, video, chunk=64)
+    full = meanp.score(text, video)
+    assert torch.equal(full.gather(1, top), full.topk(10, dim=1).values)
+
+
+def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
+    torch.manual_seed(0)
+    method = EERCF(Backbone(load_clip("auto", clip_file, 16)), EERCFParams(layers=1, candidates=20, frames=2)).eval()
+    text, video = features(method, 60, 4)
+    top = answer(method, text, video, chunk=16)
+    with torch.no_grad():
+        coarse = method.coarse_score(text, video)
+        engine, _ = two_stage_scores(method, text, video, coarse, 20, "t2v", torch.device("cpu"))
+    assert torch.equal(top, engine.topk(10, dim=1).indices)
+
+
+def test_every_size_is_measured_or_says_why_not(meanp):
+    _, video = features(meanp, 1, 1)
+    per_video = bytes_per_item(video)
+    points = measure_scale(meanp, 2, 16, 16, [200, 2000], chunk=512, online_macs={200: 1.0, 2000: 2.0})
+    assert [p.status for p in points] == ["measured", "measured"]
+    assert all(p.bytes_per_video == per_video and p.one_query_s > 0 and p.per_query_in_batch_s > 0 for p in points)
+    assert all(p.peak_mib is not None and p.peak_mib >= 0 for p in points)
+    assert [p.online_macs for p in points] == [1.0, 2.0]
+
+    tight = measure_scale(meanp, 2, 16, 16, [200, 10**9], chunk=512, online_macs={}, memory_budget=2 * per_video * 1000)
+    assert tight[0].status == "measured" and tight[1].status == "does not fit"
+    assert f"{per_video:,} B per video x 1,000,000,000 videos x 2" in tight[1].reason
+
+    slow = measure_scale(meanp, 2, 16, 16, [200, 10**7], chunk=512, online_macs={}, time_limit=1e-3)
+    assert slow[1].status == "too slow" and "linear from 200 videos" in slow[1].reason and slow[1].one_query_s is None
+
+
+def test_gallery_sizes_parse_or_fail_clearly():
+    assert parse_galleries("1e4,1e5,1000") == [1000, 10**4, 10**5]
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="'ten' is not a gallery size"):
+        parse_galleries("1e4,ten")
+
+
+@pytest.mark.slow
+def test_cost_command_measures_galleries_and_the_report_shows_them(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "zeroshot"}, {"name": "xpool"}])
+    cost_file = tmp_path / "cost.json"
+    assert main(["cost", str(suite), "--no-timing", "--gallery", "1e2,1e3", "--output", str(cost_file),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "zeroshot" in out and "1,000" in out
+    cost = json.loads(cost_file.read_text())
+    for name in ("zeroshot", "xpool"):
+        assert [p["gallery"] for p in cost["methods"][name]["scale"]] == [100, 1000]
+        assert all(p["status"] == "measured" for p in cost["methods"][name]["scale"])
+        assert cost["methods"][name]["scale"][1]["online_macs"] == pytest.approx(
+            cost["methods"][name]["online_per_query"].get("1000", cost["methods"][name]["scale"][1]["online_macs"]))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(suite), "--methods", "zeroshot", "--output", str(run_dir), "--quiet"]) == 0
+    assert main(["report", str(run_dir), "--format", "md,html", "--cost", str(cost_file), "--resamples", "50"]) == 0
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "## Online retrieval cost at scale" in markdown
+    assert "| xpool | 1,000 |" in markdown
+    assert (run_dir / "report" / "report.html").read_text().count("<svg") >= 2  # the frontier and the scale plot
+    assert main(["cost", str(suite), "--gallery", "1e4,many", "--quiet"]) == 2
+    assert "'many' is not a gallery size" in capsys.readouterr().err
