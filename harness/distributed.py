@@ -48,6 +48,26 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_label() -> str:
+    """`[rank r/N] ` in a process of a torchrun world of more than one, else nothing: what every line of a
+    rank's log starts with."""
+    world = os.environ.get("WORLD_SIZE", "1") if launched() else "1"
+    return f"[rank {os.environ['RANK']}/{world}] " if world != "1" else ""
+
+
+@contextmanager
+def process_group() -> Iterator[None]:
+    """Within the block, the process group torchrun's environment describes, when there is one."""
+    if not launched():
+        yield
+        return
+    init_from_environment()
+    try:
+        yield
+    finally:
+        shutdown()
+
+
 def init_from_environment() -> None:
     """Join the process group torchrun's environment describes; CUDA: this process uses cuda:LOCAL_RANK."""
     global _wait_group

@@ -2,8 +2,8 @@
 
 Where stderr is not a terminal (a Slurm log, a redirected file) a bar's carriage returns make the log
 unreadable, so progress becomes one line every `interval` seconds and one when the work ends:
-what, how far, rate, ETA (`epoch 1/5 glscl: 120/500 (24%), 3.20 it/s, ETA 1m59s, loss=1.2345`). In a
-process group every line names its rank (`[rank 1/4]`); on a terminal only rank 0 draws a bar (the ranks
+what, how far, rate, ETA (`glscl epoch 1/5: 120/500 (24%), 3.20 it/s, ETA 1m59s, loss=1.2345`). Under
+torchrun every line names its rank (`[rank 1/4] `); on a terminal only rank 0 draws a bar (the ranks
 step together), the others stay silent.
 """
 
@@ -18,12 +18,6 @@ from tqdm import tqdm
 from harness import distributed
 
 INTERVAL = 30.0  # seconds between two progress lines in a log
-
-
-def rank_prefix() -> str:
-    """`[rank r/N] ` in a process group of more than one, else nothing."""
-    world = distributed.world_size()
-    return f"[rank {distributed.rank()}/{world}] " if world > 1 else ""
 
 
 def duration(seconds: float) -> str:
@@ -55,7 +49,7 @@ class LineProgress:
                          else f"took {duration(elapsed)}")
         if self.postfix:
             parts.append(self.postfix)
-        return f"{rank_prefix()}{self.desc}: " + ", ".join(parts)
+        return f"{distributed.rank_label()}{self.desc}: " + ", ".join(parts)
 
     def __iter__(self) -> Iterator:
         start = last = self.clock()

@@ -140,7 +140,47 @@ def test_progress_in_a_log_is_lines_with_rate_and_eta():
                      "meanp epoch 1/2: 4/4 (100%), 0.20 it/s, took 20s, loss=0.5000"]
 
 
+def test_progress_lines_name_the_rank_under_torchrun(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    stream = io.StringIO()
+    list(progress(range(3), "xpool epoch 2/2", stream=stream))
+    assert stream.getvalue().startswith("[rank 1/2] xpool epoch 2/2: 3/3 (100%), ")
+
+
 def test_progress_picks_lines_for_a_file_and_nothing_when_quiet():
     stream = io.StringIO()
     assert isinstance(progress(range(3), "x", stream=stream), LineProgress)
     assert list(progress(range(3), "x", quiet=True, stream=stream)) == [0, 1, 2] and stream.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_harness_run_with_two_processes_trains_as_one(tmp_path, vatex, tiny_clip):
+    """`harness run SUITE --nproc 2` (torchrun's agent, 2 gloo processes) ends with the weights and rows of
+    the single-process run: meanP has no dropout, and rank 0 draws as one process does."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_suite
+
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "clip4clip-meanp"}], epochs=2)
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"run{processes}"
+        done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(run_dir),
+                               "--nproc", str(processes)], capture_output=True, text=True,
+                              cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[processes] = run_dir
+    assert "[rank 1/2] clip4clip-meanp epoch 1/2: 3/3 (100%)" in done.stderr  # a log: lines, each naming its rank
+    assert done.stdout.count("results: ") == 1  # only rank 0 prints the table and the run directory
+    one, two = (torch.load(runs[p] / "checkpoints" / "clip4clip-meanp.pt", weights_only=True) for p in (1, 2))
+    assert max((one[k] - two[k]).abs().max().item() for k in one if one[k].is_floating_point()) <= 1e-5
+    rows = [[(r["direction"], r["R1"], r["MnR"]) for r in json.loads((runs[p] / "results.json").read_text())["rows"]]
+            for p in (1, 2)]
+    assert rows[0] == rows[1]
+    history = [json.loads((runs[p] / "results.json").read_text())["methods"]["clip4clip-meanp"]["training"]["history"]
+               for p in (1, 2)]
+    assert [e["loss_total"] for e in history[0]] == pytest.approx([e["loss_total"] for e in history[1]], abs=1e-5)
