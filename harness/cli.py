@@ -43,8 +43,12 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
 
         print(dry_run(suite, run_dir))
         return 0
+    from harness import distributed
+
+    # in a process group only rank 0 reports (the tables, the run directory); progress lines name their rank
+    log = print if distributed.is_main() else (lambda *_: None)
     try:
-        run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation)
+        run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation, log=log)
     except Interrupted as stop:
         command = ["harness", args.command, args.suite, "--resume", str(stop.run_dir)]
         for option, values in (("--set", args.set), ("--checkpoint", getattr(args, "checkpoint", []))):
@@ -58,9 +62,42 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
     return 0
 
 
+def _launch(argv: list[str], processes: int) -> int:
+    """The same command on `processes` local processes under torchrun's elastic agent (standalone
+    rendezvous on this machine); the first failed rank's exit code, else 0."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if processes < 1:
+        raise HarnessError(f"--nproc {processes}: give the number of processes, at least 1.")
+    config = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={processes}", "-m", "harness", *argv])
+    try:
+        run(config)
+    except ChildFailedError as failed:
+        return next(iter(failed.failures.values())).exitcode or 1
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for item in argv:
+        if skip or item.startswith("--nproc="):
+            skip = False
+            continue
+        skip = item == "--nproc"
+        if not skip:
+            kept.append(item)
+    return kept
+
+
 def _run(args: argparse.Namespace) -> int:
-    suite, invocation = _load_suite(args)
-    return _execute(args, suite, {"command": "run", **invocation})
+    from harness import distributed
+
+    if args.nproc is not None and not distributed.launched():
+        return _launch(_without_nproc(args.argv), args.nproc)
+    with distributed.process_group():
+        suite, invocation = _load_suite(args)
+        return _execute(args, suite, {"command": "run", **invocation})
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -273,6 +310,8 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=handler)
+    run.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (one per GPU, or CPU "
+                                                            "processes): starts torchrun's agent with this command")
     convert = commands.add_parser("import-checkpoint",
                                   help="convert a checkpoint saved by a method's official code into the harness's module")
     convert.add_argument("checkpoint", help="the official checkpoint file")
@@ -360,18 +399,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.distributed import rank_label
     from harness.interrupt import Stopped, signal_number, stop_on_sigterm
 
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         with stop_on_sigterm():
             return args.handler(args) or 0
     except HarnessError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{rank_label()}error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Stopped) as stop:  # outside a run: nothing partial was written (atomic writes)
         number = signal_number(stop)
-        print(f"interrupted ({signal.Signals(number).name}): stopped; every file written so far is complete.",
+        print(f"{rank_label()}interrupted ({signal.Signals(number).name}): stopped; every file written so far is complete.",
               file=sys.stderr)
         return 128 + number
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import registry
+from harness import distributed, registry
 from harness.backbone import Backbone, read_state_dict
 from harness.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos
@@ -47,7 +47,9 @@ def select_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise HarnessError("the suite asks for device 'cuda' but no CUDA device is available.")
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and distributed.active():  # one GPU per process of the group
+        return torch.device("cuda", distributed.local_rank())
     return torch.device(choice)
 
 

@@ -10,6 +10,7 @@ SIGTERM stop the run with what is finished kept (harness/interrupt.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from harness import distributed
 from harness.checkpoints import load_checkpoint
 from harness.cost.model import method_cost
 from harness.cost.timing import time_method
@@ -175,11 +177,12 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
         ctx.log(f"  {spec.name}: training kept ({stage_file.relative_to(run_dir)}, same fingerprint)")
         return done["output"]
     stale = [f for f in (state_file, stage_file) if f.is_file() and stored_fingerprint(f) != fingerprint]
+    distributed.wait_for_all()  # every rank has read the stage files before rank 0 removes stale ones
     if stale and not ctx.force:
         raise HarnessError(f"{run_dir}: the unfinished training of {spec.name} there ({stale[0].name}) was started by a "
                            "run that differs from this one; continue it with the suite it was started with, or give "
                            "--force to discard it and train from the start.")
-    for file in stale:
+    for file in stale if distributed.is_main() else ():
         file.unlink()
     protocol, training = suite.protocol, suite.training
     batches = PairBatches(prepared.train_split, ctx.train_store, protocol.words, training.batch_size, suite.seed,
@@ -187,11 +190,12 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
     validation = prepared.validation if training.selection == "validation" else None
     record = train(method, batches, validation, ctx.store, protocol.words, training, suite.evaluation.batch_size,
                    suite.evaluation.score_chunk, prepared.device, ctx.quiet, ctx.log, state_file, fingerprint)
-    state = method.state_dict()
-    atomic_save(checkpoint, lambda temporary: torch.save(state, temporary), "checkpoint")
     output = {"training": asdict(record), "checkpoint": str(checkpoint.relative_to(run_dir))}
-    atomic_write(stage_file, json.dumps({"fingerprint": fingerprint, "output": output}, indent=2), "stage record")
-    state_file.unlink(missing_ok=True)  # optimizer moments and the best weights so far: no longer needed
+    if distributed.is_main():
+        state = method.state_dict()
+        atomic_save(checkpoint, lambda temporary: torch.save(state, temporary), "checkpoint")
+        atomic_write(stage_file, json.dumps({"fingerprint": fingerprint, "output": output}, indent=2), "stage record")
+        state_file.unlink(missing_ok=True)  # optimizer moments and the best weights so far: no longer needed
     return output
 
 
@@ -240,8 +244,12 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
     elif spec.trains(cls):
         entry.update(train_stage(ctx, spec, method, fingerprint))
+    if not distributed.is_main():  # evaluation is rank 0's alone for now; the others wait for it
+        distributed.wait_for_all()
+        return entry, []
     rows = evaluate_stage(ctx, spec, method)
     entry["cost"] = cost_stage(ctx, method)
+    distributed.wait_for_all()
     return entry, rows
 
 
@@ -273,10 +281,12 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
     holds a previous run's results, continue it. `invocation` (command-line selections and overrides) is
     recorded in results.json."""
     clock = time.perf_counter()
-    run_dir = Path(output) if output else new_run_dir(Path("runs"), suite.name)
-    with RunLock(run_dir):
+    # in a process group: rank 0's directory, lock and files; the other ranks train beside it
+    run_dir = distributed.broadcast(Path(output) if output else new_run_dir(Path("runs"), suite.name))
+    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         stored = stored_results(run_dir)
-        ctx = prepare(suite, run_dir, quiet, force, log)
+        with distributed.main_first():  # rank 0 decodes into the frame cache; the others find it there
+            ctx = prepare(suite, run_dir, quiet, force, log)
         results = new_results(suite, ctx.prepared, ctx.store, ctx.train_policy)
         results["invocation"] = invocation or {}
         fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"],
@@ -287,7 +297,8 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
             results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,
                                                                "forced": force}]
             results["methods"], results["rows"] = dict(stored["methods"]), list(stored["rows"])
-        atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
+        if distributed.is_main():
+            atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
         finished = list(kept)
         try:
             for spec in suite.methods:
@@ -299,7 +310,8 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                 results["methods"][spec.name] = entry
                 results["rows"] = [r for r in results["rows"] if r["method"] != spec.name] + rows
                 results["wall_seconds"] = round(time.perf_counter() - clock, 1)
-                write_results(run_dir, results)  # after every method: finished work is never lost
+                if distributed.is_main():
+                    write_results(run_dir, results)  # after every method: finished work is never lost
                 finished.append(spec.name)
         except (KeyboardInterrupt, Stopped) as stop:
             unfinished = [m.name for m in suite.methods if m.name not in finished]

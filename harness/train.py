@@ -9,6 +9,14 @@ and every random generator's state, the history and the best checkpoint so far) 
 `state_file`; a training started with that file present continues after its last epoch and ends with the
 same weights and history as one that was never interrupted (on CPU, exactly). There is no gradient scaler
 to restore: mixed precision is bf16, which needs none.
+
+In a process group (harness/distributed.py) every rank takes a disjoint shard of each global batch (the
+suite's batch_size), the step's features are gathered across ranks before the loss, and
+DistributedDataParallel averages the gradients: the step is one process's step on the global batch. DDP
+syncs gradients only for a forward run through its wrapper, while methods are driven through
+encode_video / encode_text / loss; `TrainingStep` is that wrapper: its forward encodes, gathers and returns
+the loss terms. Only rank 0 validates (its R@1 is broadcast, so every rank selects the same epoch) and
+writes the training state; every rank reads it back.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from harness import distributed
 from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.data.text import tokenize
@@ -32,6 +41,7 @@ from harness.files import atomic_save
 from harness.evaluate import autocast, evaluate_split, rank_split
 from harness.method import Method
 from harness.metrics import summarize
+from harness.progress import progress
 from harness.suite import TrainingSpec
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -72,15 +82,23 @@ def warmup_cosine(progress: float, warmup: float) -> float:
 
 
 class PairBatches:
-    """Every (training video, caption) pair is a sample; batches in a seeded order."""
+    """Every (training video, caption) pair is a sample; batches in a seeded order. `batch_size` is the
+    global batch: in a world of `world` processes (default: the process group's) rank `rank` takes the
+    rank-th of `world` equal, contiguous shards of each, so the shards in rank order are one process's batch."""
 
     def __init__(self, split: Split, store: FrameStore | None, words: int, batch_size: int, seed: int,
-                 policy: str, frames: int, size: int):
-        self.split, self.store, self.batch_size = split, store, batch_size
+                 policy: str, frames: int, size: int, rank: int | None = None, world: int | None = None):
+        self.rank = distributed.rank() if rank is None else rank
+        self.world = distributed.world_size() if world is None else world
+        if batch_size % self.world:
+            raise TrainingError(f"training.batch_size {batch_size} does not split into {self.world} equal shards "
+                                f"(one per process); give a batch size divisible by {self.world}.")
+        self.split, self.store, self.batch_size, self.seed = split, store, batch_size, seed
         self.policy, self.frames, self.size = policy, frames, size
         self.tokens, self.token_mask = tokenize(split.captions, words)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # the global order: the same on every rank
+        # random frame sampling: rank 0 draws as one process does, the others their own numbers
+        self.rng = np.random.default_rng(seed if self.rank == 0 else [seed, self.rank])
 
     def state_dict(self) -> dict:
         """Where the seeded data order (and the random frame sampling) stands."""
@@ -100,10 +118,16 @@ class PairBatches:
         return pad_frames(decode(video.path, self.frames, self.policy, self.size, video.id, self.rng,
                                  video.end_second), self.frames)
 
-    def __iter__(self):
+    def shards(self):
+        """The caption indices of this rank's shard of every global batch of one epoch."""
         order = torch.randperm(len(self.split.captions), generator=self.generator)
+        shard = self.batch_size // self.world
         for b in range(len(self)):
-            captions = order[b * self.batch_size : (b + 1) * self.batch_size]
+            start = b * self.batch_size + self.rank * shard
+            yield order[start : start + shard]
+
+    def __iter__(self):
+        for captions in self.shards():
             frames, masks = zip(*(self._frames(self.split.caption_video[c]) for c in captions.tolist()))
             yield torch.stack(frames), torch.stack(masks), self.tokens[captions], self.token_mask[captions]
 
@@ -113,6 +137,41 @@ def validation_r1(method: Method, split: Split, store: FrameStore, words: int, b
     final = evaluate_split(method, split, store, words, batch_size, chunk, device, mixed_precision, quiet=True,
                            directions=("t2v",))[-1]  # the two-stage result for two-stage methods
     return summarize(rank_split(final.scores["t2v"], split, "t2v", "max-over-captions"))["R1"]
+
+
+def separate_random_streams(seed: int, rank: int) -> None:
+    """Seed the global generators (dropout, augmentation) of a rank > 0 from (seed, rank): its shard draws
+    its own numbers instead of repeating rank 0's."""
+    value = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
+
+
+class TrainingStep(nn.Module):
+    """One step's forward: encode this rank's shard, gather the features of every rank, and the method's
+    loss on the global batch. Wrapped in DistributedDataParallel in a process group, so that the forward
+    passes through DDP and the backward averages the gradients."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, pixels: Tensor, frame_mask: Tensor, tokens: Tensor, token_mask: Tensor) -> dict[str, Tensor]:
+        video = distributed.gather_features(self.method.encode_video(pixels, frame_mask))
+        text = distributed.gather_features(self.method.encode_text(tokens, token_mask))
+        return self.method.loss(text, video)
+
+
+def training_step(method: Method, device: torch.device) -> nn.Module:
+    """The module a training step calls: TrainingStep, inside DDP in a process group of more than one.
+    static_graph: the parameters a method's loss leaves unused (e.g. a logit scale it does not read) are
+    the same at every step; DDP then leaves their gradient None, as one process does."""
+    step = TrainingStep(method)
+    if distributed.world_size() == 1:
+        return step
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                   static_graph=True)
 
 
 def random_states() -> dict:
@@ -149,17 +208,25 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
     max_log_scale = math.log(spec.max_logit_scale)
     best_state, best_r1, best_epoch, step, first_epoch = None, -1.0, spec.epochs, 0, 1
     record = TrainingRecord(spec.selection, spec.epochs, None, total)
-    if state_file is not None and state_file.is_file():
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank > 0:
+        separate_random_streams(batches.seed, rank)
+    step_model = training_step(method, device)
+    if state_file is not None and distributed.broadcast(state_file.is_file()):  # rank 0 decides for all
         try:
             saved = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception as error:
             raise TrainingError(f"{state_file}: the training state cannot be read ({error}); remove it to train "
                                 f"{method.name} from the start.") from None
+        if len(saved["ranks"]) != world:
+            raise TrainingError(f"{state_file}: written by a training in {len(saved['ranks'])} process(es); continue "
+                                f"it with as many (--nproc {len(saved['ranks'])}), or remove it to train {method.name} "
+                                "from the start.")
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        batches.load_state_dict(saved["batches"])
-        set_random_states(saved["random"])
+        batches.load_state_dict(saved["ranks"][rank]["batches"])
+        set_random_states(saved["ranks"][rank]["random"])
         best_state, best_r1, best_epoch, step = saved["best_state"], saved["best_r1"], saved["best_epoch"], saved["step"]
         record.history = saved["history"]
         first_epoch = saved["epoch"] + 1
@@ -167,13 +234,12 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
     for epoch in range(first_epoch, spec.epochs + 1):
         method.train()
         sums: dict[str, float] = {}
-        progress = tqdm(batches, desc=f"{method.name} epoch {epoch}/{spec.epochs}", disable=quiet, leave=False)
-        for frames, frame_mask, tokens, token_mask in progress:
+        steps = progress(batches, f"{method.name} epoch {epoch}/{spec.epochs}", quiet)
+        for frames, frame_mask, tokens, token_mask in steps:
             with autocast(device, mixed):
                 frame_mask = frame_mask.to(device)
-                video = method.encode_video(to_pixels(frames.to(device), frame_mask), frame_mask)
-                text = method.encode_text(tokens.to(device), token_mask.to(device))
-                terms = method.loss(text, video)
+                terms = step_model(to_pixels(frames.to(device), frame_mask), frame_mask, tokens.to(device),
+                                   token_mask.to(device))
             loss = terms["total"]
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -181,7 +247,7 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
                                     "Lower the learning rate or check the inputs; no checkpoint was saved from this step.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if spec.grad_clip > 0:
+            if spec.grad_clip > 0:  # on the averaged gradient: the same on every rank as in one process
                 nn.utils.clip_grad_norm_(method.parameters(), spec.grad_clip)
             optimizer.step()
             schedule.step()
@@ -190,21 +256,25 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
                 method.backbone.logit_scale.clamp_(max=max_log_scale)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+            steps.set_postfix(loss=f"{loss.item():.4f}")
         entry = {"epoch": epoch, **{f"loss_{k}": v / len(batches) for k, v in sums.items()}}
         if validation is not None:
-            entry["validation_R1"] = validation_r1(method, validation, eval_store, words, eval_batch, chunk, device, mixed)
+            entry["validation_R1"] = distributed.broadcast(
+                validation_r1(method, validation, eval_store, words, eval_batch, chunk, device, mixed)
+                if rank == 0 else None)
             if spec.selection == "validation" and entry["validation_R1"] > best_r1:
                 best_r1, best_epoch = entry["validation_R1"], epoch
                 best_state = cpu_state(method)
         record.history.append(entry)
         log(f"  {method.name} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
         if state_file is not None:
-            state = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "method": cpu_state(method), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "batches": batches.state_dict(), "random": random_states(),
-                     "best_state": best_state, "best_r1": best_r1, "best_epoch": best_epoch,
-                     "history": record.history}
-            atomic_save(state_file, lambda temporary: torch.save(state, temporary), "training state")
+            ranks = distributed.gather_objects({"batches": batches.state_dict(), "random": random_states()})
+            if rank == 0:
+                state = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "method": cpu_state(method),
+                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "ranks": ranks,
+                         "best_state": best_state, "best_r1": best_r1, "best_epoch": best_epoch,
+                         "history": record.history}
+                atomic_save(state_file, lambda temporary: torch.save(state, temporary), "training state")
     if best_state is not None:
         method.load_state_dict(best_state)
         record.best_epoch, record.best_validation_r1 = best_epoch, best_r1
