@@ -48,7 +48,15 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
     # in a process group only rank 0 reports (the tables, the run directory); progress lines name their rank
     log = print if distributed.is_main() else (lambda *_: None)
     try:
-        run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation, log=log)
+        if getattr(args, "executor", None):
+            from harness.executor import ExecutorSpec, submit_suite
+            from harness.results import new_run_dir
+
+            spec = ExecutorSpec(args.executor, args.slurm_partition, args.gpus_per_node, args.nodes, args.time)
+            submit_suite(suite, run_dir or new_run_dir(Path("runs"), suite.name), spec, args.quiet, args.force, log,
+                         invocation=invocation)
+        else:
+            run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation, log=log)
     except Interrupted as stop:
         command = ["harness", args.command, args.suite, "--resume", str(stop.run_dir)]
         for option, values in (("--set", args.set), ("--checkpoint", getattr(args, "checkpoint", []))):
@@ -57,6 +65,10 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
         command += ["--methods", args.methods] if args.methods else []
         command += ["--cache-dir", args.cache_dir] if args.cache_dir else []
         command += ["--quiet"] if args.quiet else []
+        if getattr(args, "executor", None):
+            command += ["--executor", args.executor, "--gpus-per-node", str(args.gpus_per_node), "--nodes",
+                        str(args.nodes), "--time", str(args.time)]
+            command += ["--slurm-partition", args.slurm_partition] if args.slurm_partition else []
         print(f"{stop.message}; continue with: {shlex.join(command)}", file=sys.stderr)
         return stop.exit_code
     return 0
@@ -312,6 +324,14 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
     run.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (one per GPU, or CPU "
                                                             "processes): starts torchrun's agent with this command")
+    run.add_argument("--executor", choices=("slurm", "local"), help="one job per method through submitit, on Slurm or "
+                                                                    "on this machine; rows merged into one run directory")
+    run.add_argument("--slurm-partition", metavar="P", help="with --executor slurm: the partition")
+    run.add_argument("--gpus-per-node", type=int, default=0, metavar="G",
+                     help="with --executor: GPUs (and processes) per job node; 0 runs on CPU (default)")
+    run.add_argument("--nodes", type=int, default=1, metavar="K", help="with --executor: nodes per job (default 1)")
+    run.add_argument("--time", type=int, default=24 * 60, metavar="MIN", help="with --executor: job time limit in "
+                                                                              "minutes (default 1440)")
     convert = commands.add_parser("import-checkpoint",
                                   help="convert a checkpoint saved by a method's official code into the harness's module")
     convert.add_argument("checkpoint", help="the official checkpoint file")

@@ -93,7 +93,7 @@ def executor_for(spec: ExecutorSpec, logs: Path):
 
 
 def submit_suite(suite: Suite, run_dir: Path, spec: ExecutorSpec, quiet: bool = False, force: bool = False,
-                 log=print, poll_seconds: float = 5.0) -> dict:
+                 log=print, poll_seconds: float = 2.0, invocation: dict | None = None) -> dict:
     """Submit one job per method still to run, merge each as it finishes, and return the run's results."""
     from harness.run import prepare_results
 
@@ -101,7 +101,8 @@ def submit_suite(suite: Suite, run_dir: Path, spec: ExecutorSpec, quiet: bool = 
         raise HarnessError("--executor slurm needs --slurm-partition P.")
     with RunLock(run_dir):
         results, kept = prepare_results(suite, run_dir, quiet, force, log, spec.device_type)
-        results["executor"] = {"kind": spec.kind, **dataclasses.asdict(spec), "jobs": {}}
+        results["invocation"] = invocation or {}
+        results["executor"] = {**dataclasses.asdict(spec), "jobs": results.get("executor", {}).get("jobs", {})}
         pending = []
         for method in [m.name for m in suite.methods if m.name not in kept]:
             if merge_job(results, run_dir / "jobs" / method, method, run_dir):
@@ -109,11 +110,13 @@ def submit_suite(suite: Suite, run_dir: Path, spec: ExecutorSpec, quiet: bool = 
             else:
                 pending.append(method)
         write_results(run_dir, results)
-        executor = executor_for(spec, run_dir / "jobs" / "logs")
         jobs = {}
-        with executor.batch():
-            for method in pending:
-                jobs[method] = executor.submit(job_main, job_suite(suite, method), str(run_dir / "jobs" / method), True)
+        if pending:
+            executor = executor_for(spec, run_dir / "jobs" / "logs")
+            with executor.batch():  # one submission (a Slurm job array), as a cluster prefers
+                for method in pending:
+                    jobs[method] = executor.submit(job_main, job_suite(suite, method), str(run_dir / "jobs" / method),
+                                                   True)
         for method, job in jobs.items():
             results["executor"]["jobs"][method] = {"job_id": job.job_id, "state": "submitted",
                                                    "log": str(job.paths.stdout)}

@@ -107,11 +107,13 @@ def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str,
     return [spec.name for spec in suite.methods if finished.get(spec.name, {}).get("fingerprint") == fingerprints[spec.name]]
 
 
-def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_policy: str) -> dict:
+def new_results(suite: Suite, prepared: Prepared, size: int, train_policy: str, device_type: str | None = None) -> dict:
+    """The results skeleton with its provenance; `device_type` is where the methods compute (the jobs', when
+    a submitter prepares it) and enters the fingerprint."""
     protocol, training, validation = suite.protocol, suite.training, prepared.validation
     version = code_version()
-    fingerprint = run_fingerprint(version, prepared.backbone.provenance["checkpoint"], prepared.device.type,
-                                  suite.to_dict())
+    fingerprint = run_fingerprint(version, prepared.backbone.provenance["checkpoint"],
+                                  device_type or prepared.device.type, suite.to_dict())
     return {
         "schema_version": SCHEMA_VERSION,
         "code_version": version,
@@ -122,7 +124,7 @@ def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_polic
         "fingerprint": fingerprint,
         "protocol": {
             "frames": protocol.frames, "words": protocol.words, "sampling": protocol.sampling,
-            "train_sampling": train_policy, "image_size": store.size, "rank": "optimistic (1 + #strictly higher)",
+            "train_sampling": train_policy, "image_size": size, "rank": "optimistic (1 + #strictly higher)",
             "ties": "counted per query, not broken", "multi_caption_v2t": protocol.multi_caption_v2t,
             "optimizer": "AdamW (decoupled wd; none on biases and norms)", "schedule": "warm-up + cosine",
             "checkpoint_selection": training.selection if validation is not None else "last-epoch",
@@ -136,6 +138,8 @@ def new_results(suite: Suite, prepared: Prepared, store: FrameStore, train_polic
             s.name: {"shape": s.shape, "videos": len(s.videos), "queries": len(s.captions), "coverage": s.coverage,
                      "missing": s.missing, "unreadable": s.unreadable}
             for s in prepared.test_splits + [s for s in (prepared.train_split, validation) if s is not None]}},
+        "distributed": {"world_size": distributed.world_size(),
+                        "devices": distributed.gather_objects(environment(prepared.device)["device_name"])},
         "methods": {},
         "rows": [],
     }
@@ -275,6 +279,37 @@ def prepare(suite: Suite, run_dir: Path, quiet: bool, force: bool, log) -> RunCo
                       log)
 
 
+def open_results(suite: Suite, prepared: Prepared, size: int, train_policy: str, stored: dict | None, run_dir: Path,
+                 force: bool, log, device_type: str | None = None) -> tuple[dict, dict[str, str], list[str]]:
+    """The results this run writes: a new skeleton carrying the stored run's methods and rows, each method's
+    fingerprint, and the suite's methods kept from the stored run (a differing stored run is refused)."""
+    results = new_results(suite, prepared, size, train_policy, device_type)
+    fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"], spec.trains(prepared.methods[spec.name]))
+                    for spec in suite.methods}
+    kept = reusable_methods(stored, results, fingerprints, suite, run_dir, force, log)
+    if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)
+        results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,
+                                                           "forced": force}]
+        results["methods"], results["rows"] = dict(stored["methods"]), list(stored["rows"])
+        if "executor" in stored:
+            results["executor"] = stored["executor"]
+    if distributed.is_main():
+        atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
+    return results, fingerprints, kept
+
+
+def prepare_results(suite: Suite, run_dir: Path, quiet: bool, force: bool, log, device_type: str
+                    ) -> tuple[dict, list[str]]:
+    """For a submitter (harness/executor.py): the pre-flight only (the jobs decode and compute), then the
+    results its jobs are merged into and the methods kept from a stored run."""
+    stored = stored_results(run_dir)
+    prepared = preflight(suite, run_dir, quiet)
+    size = suite.protocol.image_size or prepared.backbone.image_size
+    results, _, kept = open_results(suite, prepared, size, suite.protocol.train_sampling or suite.protocol.sampling,
+                                    stored, run_dir, force, log, device_type)
+    return results, kept
+
+
 def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print, force: bool = False,
               invocation: dict | None = None) -> dict:
     """Run every method of the suite into `output` (default: a new runs/<suite>/<time> folder); when `output`
@@ -287,18 +322,9 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
         stored = stored_results(run_dir)
         with distributed.main_first():  # rank 0 decodes into the frame cache; the others find it there
             ctx = prepare(suite, run_dir, quiet, force, log)
-        results = new_results(suite, ctx.prepared, ctx.store, ctx.train_policy)
+        results, fingerprints, kept = open_results(suite, ctx.prepared, ctx.store.size, ctx.train_policy, stored,
+                                                   run_dir, force, log)
         results["invocation"] = invocation or {}
-        fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"],
-                                                      spec.trains(ctx.prepared.methods[spec.name]))
-                        for spec in suite.methods}
-        kept = reusable_methods(stored, results, fingerprints, suite, run_dir, force, log)
-        if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)
-            results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,
-                                                               "forced": force}]
-            results["methods"], results["rows"] = dict(stored["methods"]), list(stored["rows"])
-        if distributed.is_main():
-            atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
         finished = list(kept)
         try:
             for spec in suite.methods:
