@@ -7,6 +7,7 @@ weights, and the inputs are random pixels and tokens of the protocol's sizes. No
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,8 +37,12 @@ def shape_backbone(suite: Suite) -> Backbone:
             raise DataError(f"{suite.source}: backbone.arch 'auto' takes its shapes from the checkpoint, which is not "
                             "there; name the open_clip architecture (e.g. ViT-B-32) to count without it.")
         return Backbone(build_clip(shape_from_state_dict(read_state_dict(spec.checkpoint)), words, spec.quick_gelu))
-    clip = open_clip.create_model(spec.arch, pretrained=None, force_context_length=words,
-                                  force_quick_gelu=spec.quick_gelu, precision="fp32")
+    logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded: that is the point
+    try:
+        clip = open_clip.create_model(spec.arch, pretrained=None, force_context_length=words,
+                                      force_quick_gelu=spec.quick_gelu, precision="fp32")
+    finally:
+        logging.disable(logging.NOTSET)
     return Backbone(clip)
 
 
