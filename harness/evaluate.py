@@ -1,8 +1,9 @@
-"""Evaluation: encode every gallery video and every query once, score in memory-bounded chunks, rank."""
+"""Evaluation: encode every gallery video and every query once, then score and rank chunk by chunk of
+queries (memory O(chunk x gallery), whatever the number of queries)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -14,9 +15,12 @@ from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import to_pixels
+from harness import index as faiss_index
+from harness.errors import HarnessError
 from harness.features import FeatureCache, method_identity
+from harness.index import IndexSpec
 from harness.method import Features, Method
-from harness.metrics import Ranking, text_to_video, video_to_text
+from harness.metrics import MULTI_CAPTION_V2T, Ranking, concat_rankings, text_to_video, videos_against_captions
 
 
 def slice_features(features: Features, start: int, end: int) -> Features:
@@ -94,50 +98,154 @@ def take(features: Features, index: Tensor) -> Features:
     return {name: value[index] for name, value in features.items()}
 
 
+def sides(text: Features, video: Features, direction: str) -> tuple[Features, Features]:
+    """(queries, gallery) of a direction."""
+    return (text, video) if direction == "t2v" else (video, text)
+
+
 @torch.no_grad()
-def two_stage_scores(method: Method, text: Features, video: Features, coarse: Tensor, k: int, direction: str,
-                     device: torch.device, mixed_precision: bool = False) -> tuple[Tensor, int]:
-    """Coarse-to-fine retrieval in one direction. Each query (a text for t2v, a video for v2t) keeps its
-    top-k gallery items by the coarse score; only those pairs get the fine score (`method.score`), and they
-    are placed above every other item, which keeps its coarse order. Returns an (n_text, n_video) float64
-    matrix to rank in that direction and the number of fine scores computed (k per query)."""
-    scores = coarse.double().t().clone() if direction == "v2t" else coarse.double().clone()  # (queries, gallery)
-    queries, gallery = (video, text) if direction == "v2t" else (text, video)
-    k = min(k, scores.shape[1])
-    candidates = scores.topk(k, dim=1).indices
-    computed = 0
-    for q in range(scores.shape[0]):
-        query = move_features(slice_features(queries, q, q + 1), device)
-        items = move_features(take(gallery, candidates[q]), device)
-        with autocast(device, mixed_precision):
-            fine = method.score(items, query) if direction == "v2t" else method.score(query, items)
-        fine = fine.reshape(-1).double().cpu()
-        computed += fine.numel()
-        row = scores[q]
-        outside = torch.ones(row.shape[0], dtype=torch.bool)
-        outside[candidates[q]] = False
-        if outside.any():  # every non-candidate strictly below the lowest candidate, order kept
-            row[outside] -= row[outside].max() - fine.min() + 1.0
-        row[candidates[q]] = fine
-    return (scores.t() if direction == "v2t" else scores), computed
+def query_blocks(score_fn: Callable, text: Features, video: Features, direction: str, chunk: int,
+                 device: torch.device, mixed_precision: bool = False) -> Iterator[tuple[int, Tensor]]:
+    """(start, block): `chunk` queries (texts for t2v, videos for v2t) against the whole gallery, a
+    (queries, gallery) float32 block on the CPU. Built from the same `chunk` x `chunk` tiles as
+    `score_in_chunks`, so every score is the one the full matrix holds; no more than one block is held."""
+    queries, gallery = sides(text, video, direction)
+    for q0 in range(0, count(queries), chunk):
+        query_chunk = move_features(slice_features(queries, q0, q0 + chunk), device)
+        tiles = []
+        for g0 in range(0, count(gallery), chunk):
+            gallery_chunk = move_features(slice_features(gallery, g0, g0 + chunk), device)
+            with autocast(device, mixed_precision):
+                tile = score_fn(query_chunk, gallery_chunk) if direction == "t2v" else \
+                    score_fn(gallery_chunk, query_chunk).t()
+            tiles.append(tile.float().cpu())
+        yield q0, torch.cat(tiles, dim=1)
 
 
-def rank_split(scores: Tensor, split: Split, direction: str, v2t_convention: str) -> Ranking:
-    owners = torch.as_tensor(split.caption_video, dtype=torch.long)
+def rank_block(block: Tensor, q0: int, owners: Tensor, n_videos: int, direction: str,
+               v2t_convention: str) -> Ranking:
+    """The ranks of the queries q0.. whose rows against the whole gallery `block` holds."""
+    queries = torch.arange(q0, q0 + block.shape[0])
     if direction == "t2v":
-        return text_to_video(scores, owners)
-    return video_to_text(scores, owners, len(split.videos), v2t_convention)
+        return text_to_video(block, owners[queries])
+    return videos_against_captions(block, queries, owners, n_videos, v2t_convention)
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """(n, k) column indices of each row's k highest scores, ascending; among items tied with the k-th
+    highest, those of lowest index (torch.topk leaves that choice unspecified)."""
+    kth = scores.topk(k, dim=1).values[:, -1:]
+    above = scores > kth
+    tied = scores == kth
+    chosen = above | (tied & (tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+    return chosen.nonzero()[:, 1].view(scores.shape[0], k)
+
+
+@torch.no_grad()
+def fine_scores(method: Method, queries: Features, gallery: Features, candidates: Tensor, direction: str,
+                device: torch.device, mixed_precision: bool = False, batch: int = 1) -> Tensor:
+    """(n, k) float64: `method.score` of query i with each of its candidates (gallery indices, (n, k)) and
+    nothing else, `batch` queries at a time, their candidates' features gathered per batch."""
+
+    def one_query(query: Features, items: Features) -> Tensor:
+        query = {name: value.unsqueeze(0) for name, value in query.items()}
+        return method.score(query, items)[0] if direction == "t2v" else method.score(items, query)[:, 0]
+
+    parts = []
+    for b0 in range(0, candidates.shape[0], batch):
+        query = move_features(slice_features(queries, b0, b0 + batch), device)
+        items = move_features(take(gallery, candidates[b0 : b0 + batch]), device)
+        with autocast(device, mixed_precision):
+            parts.append(torch.func.vmap(one_query)(query, items).double().cpu())
+    return torch.cat(parts)
+
+
+def rerank_block(method: Method, queries: Features, gallery: Features, block: Tensor, k: int, direction: str,
+                 chunk: int, device: torch.device, mixed_precision: bool = False) -> Tensor:
+    """Coarse-to-fine retrieval of the queries of one block (rows: queries, columns: the gallery, coarse
+    scores). Each query keeps its top-k gallery items by the coarse score; only those pairs get the fine
+    score (`method.score`), and they are placed above every other item, which keeps its coarse order.
+    Returns the float64 block to rank; k fine scores per query are computed, for chunk // k queries at once
+    (about `chunk` candidates' features gathered at a time)."""
+    scores = block.double()
+    k = min(k, scores.shape[1])
+    candidates = top_k(scores, k)
+    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision,
+                       batch=max(1, chunk // k))
+    outside = torch.ones_like(scores, dtype=torch.bool).scatter_(1, candidates, False)
+    highest_outside = scores.masked_fill(~outside, -torch.inf).amax(dim=1, keepdim=True)
+    # every non-candidate strictly below the lowest candidate, order kept (-inf: not returned by an index)
+    shift = torch.where(highest_outside.isfinite(), highest_outside - fine.amin(dim=1, keepdim=True) + 1.0, 0.0)
+    return torch.where(outside, scores - shift, scores).scatter_(1, candidates, fine)
 
 
 @dataclass
-class StageScores:
-    """One retrieval stage's (n_text, n_video) scores per direction. `stage` is "single" for one-stage
-    methods; two-stage methods give a "coarse" stage and a "two-stage" one, whose `fine_scores` counts
-    the fine scores computed per direction."""
+class StageRanks:
+    """One retrieval stage's ranks per direction. `stage` is "single" for one-stage methods; two-stage
+    methods give a "coarse" stage and a "two-stage" one, whose `fine_scores` counts the fine scores
+    computed per direction. `pairs`: n_text x n_video. With an index, `index` names it and, when it is
+    approximate, `index_recall` holds its recall against exact search per direction."""
 
     stage: str
-    scores: dict[str, Tensor]
+    rankings: dict[str, Ranking]
+    pairs: int
     fine_scores: dict[str, int] = field(default_factory=dict)
+    index: str | None = None
+    index_recall: dict[str, float] = field(default_factory=dict)
+
+
+def stage_blocks(method: Method, text: Features, video: Features, direction: str, chunk: int,
+                 device: torch.device, mixed_precision: bool, index: IndexSpec | None,
+                 recall: dict[str, float]) -> Iterator[tuple[int, Tensor]]:
+    """The first stage's query blocks: the engine's scores, or an index's search (its recall stored in
+    `recall` when it is approximate)."""
+    score_fn = method.score if method.candidates() is None else method.coarse_score
+    if index is None:
+        return query_blocks(score_fn, text, video, direction, chunk, device, mixed_precision)
+    vectors = method.inner_product(text, video)
+    if vectors is None:
+        stage = "score" if method.candidates() is None else "coarse_score"
+        raise HarnessError(f"evaluation.index={index.kind}: {method.name} declares no inner product for its "
+                           f"{stage} (Method.inner_product returns None), so no index can search its gallery; "
+                           "give evaluation.index: none for it.")
+    queries, gallery = (vectors.text, vectors.video) if direction == "t2v" else (vectors.video, vectors.text)
+    built = faiss_index.build(index, gallery, device)
+    if index.approximate:
+        exact = faiss_index.build(faiss_index.IndexSpec("exact"), gallery, device)
+        recall[direction] = faiss_index.recall(built, exact, queries, chunk)
+    return faiss_index.index_blocks(built, queries, gallery.shape[0], faiss_index.depth(index, gallery.shape[0]),
+                                    chunk)
+
+
+def rank_features(method: Method, text: Features, video: Features, owners: Tensor, chunk: int,
+                  device: torch.device, mixed_precision: bool = False, directions: tuple[str, ...] = ("t2v", "v2t"),
+                  v2t_convention: str = MULTI_CAPTION_V2T, index: IndexSpec | None = None) -> list[StageRanks]:
+    """Ranks of every query in each direction, `chunk` queries at a time, never holding the full matrix:
+    one stage for one-stage methods; the coarse stage and the two-stage result for two-stage methods.
+    `owners`: the video of each caption."""
+    n_videos, k, recall = count(video), method.candidates(), {}
+    first: dict[str, Ranking] = {}
+    second: dict[str, Ranking] = {}
+    computed: dict[str, int] = {}
+    for direction in directions:
+        queries, gallery = sides(text, video, direction)
+        coarse, fine, computed[direction] = [], [], 0
+        for q0, block in stage_blocks(method, text, video, direction, chunk, device, mixed_precision, index,
+                                      recall):
+            coarse.append(rank_block(block, q0, owners, n_videos, direction, v2t_convention))
+            if k is not None:
+                reranked = rerank_block(method, slice_features(queries, q0, q0 + block.shape[0]), gallery, block, k,
+                                        direction, chunk, device, mixed_precision)
+                fine.append(rank_block(reranked, q0, owners, n_videos, direction, v2t_convention))
+                computed[direction] += block.shape[0] * min(k, block.shape[1])
+        first[direction] = concat_rankings(coarse)
+        if k is not None:
+            second[direction] = concat_rankings(fine)
+    pairs, kind = count(text) * n_videos, index.kind if index is not None else None
+    if k is None:
+        return [StageRanks("single", first, pairs, index=kind, index_recall=recall)]
+    return [StageRanks("coarse", first, pairs, index=kind, index_recall=recall),
+            StageRanks("two-stage", second, pairs, computed, index=kind, index_recall=recall)]
 
 
 def encode_split(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, device: torch.device,
@@ -160,18 +268,12 @@ def encode_split(method: Method, split: Split, store: FrameStore, words: int, ba
 
 def evaluate_split(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, chunk: int,
                    device: torch.device, mixed_precision: bool = False, quiet: bool = False,
-                   directions: tuple[str, ...] = ("t2v", "v2t"), cache: FeatureCache | None = None
-                   ) -> list[StageScores]:
-    """Every video and every query encoded exactly once (or read from `cache`), then scored: the full
-    matrix for one-stage methods; the coarse matrix and, per direction, the two-stage result for two-stage
-    methods."""
+                   directions: tuple[str, ...] = ("t2v", "v2t"), cache: FeatureCache | None = None,
+                   v2t_convention: str = MULTI_CAPTION_V2T, index: IndexSpec | None = None) -> list[StageRanks]:
+    """Every video and every query encoded exactly once (or read from `cache`), then ranked chunk by chunk
+    (`rank_features`), by the engine's scores or, with `index`, by a FAISS index's search."""
     method.eval()
     video, text = encode_split(method, split, store, words, batch_size, device, mixed_precision, quiet, cache)
-    k = method.candidates()
-    if k is None:
-        scores = score_in_chunks(method, text, video, chunk, device, mixed_precision)
-        return [StageScores("single", {d: scores for d in directions})]
-    coarse = score_in_chunks(method, text, video, chunk, device, mixed_precision, method.coarse_score)
-    fine = {d: two_stage_scores(method, text, video, coarse, k, d, device, mixed_precision) for d in directions}
-    return [StageScores("coarse", {d: coarse for d in directions}),
-            StageScores("two-stage", {d: fine[d][0] for d in directions}, {d: fine[d][1] for d in directions})]
+    owners = torch.as_tensor(split.caption_video, dtype=torch.long)
+    return rank_features(method, text, video, owners, chunk, device, mixed_precision, directions, v2t_convention,
+                         index)

@@ -6,6 +6,7 @@ query, online per pair. The engine measures and chunks each stage; no method rep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -24,6 +25,15 @@ Features = dict[str, Tensor]
 # confirms that they do, instead of that they do not.
 PADDED_FRAMES = "padded_frames"
 PADDED_WORDS = "padded_words"
+
+
+@dataclass
+class InnerProduct:
+    """Vectors whose dot product, times `scale` (> 0), is a method's score: score = scale * text @ video^T."""
+
+    text: Tensor  # (n_text, d)
+    video: Tensor  # (n_video, d)
+    scale: float
 
 
 class Method(nn.Module):
@@ -61,6 +71,12 @@ class Method(nn.Module):
     def coarse_score(self, text: Features, video: Features) -> Tensor:
         """Two-stage methods: the cheap (n_text, n_video) score that ranks the whole gallery."""
         raise NotImplementedError
+
+    def inner_product(self, text: Features, video: Features) -> InnerProduct | None:
+        """Methods whose score (`coarse_score` for two-stage methods) is one inner product of an offline
+        video vector and an online query vector: those vectors, so that an index can search the gallery.
+        None: the score is no such inner product."""
+        return None
 
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         """Training loss on a batch of aligned pairs (text i with video i): 'total' plus named terms."""

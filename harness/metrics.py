@@ -55,14 +55,18 @@ def video_to_text(scores: Tensor, caption_video: Tensor, n_videos: int, conventi
     video this is the square case, ranking rows of S^T.
     all-captions: video v against every caption; the ground truth is its best-scored own caption.
     """
-    videos = torch.arange(n_videos)
+    return videos_against_captions(scores.t(), torch.arange(n_videos), caption_video, n_videos, convention)
+
+
+def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Tensor, n_videos: int,
+                            convention: str = MULTI_CAPTION_V2T) -> Ranking:
+    """`video_to_text` for some of the videos: by_video (len(videos), n_captions) holds their rows of S^T."""
     if convention == "max-over-captions":
-        index = caption_video.unsqueeze(1).expand_as(scores)
-        grouped = torch.full((n_videos, scores.shape[1]), -torch.inf, dtype=scores.dtype)
-        grouped = grouped.scatter_reduce(0, index, scores, reduce="amax", include_self=True)
-        return rank_of_ground_truth(grouped.t(), videos)
+        index = caption_video.unsqueeze(0).expand_as(by_video)
+        grouped = torch.full((by_video.shape[0], n_videos), -torch.inf, dtype=by_video.dtype)
+        grouped = grouped.scatter_reduce(1, index, by_video, reduce="amax", include_self=True)
+        return rank_of_ground_truth(grouped, videos)
     if convention == "all-captions":
-        by_video = scores.t()  # (n_videos, n_captions)
         own = caption_video.unsqueeze(0) == videos.unsqueeze(1)
         best_own = by_video.masked_fill(~own, -torch.inf).amax(dim=1, keepdim=True)
         others = by_video.masked_fill(own, -torch.inf)
@@ -70,3 +74,8 @@ def video_to_text(scores: Tensor, caption_video: Tensor, n_videos: int, conventi
         tied = (others == best_own).sum(dim=1) > 0
         return Ranking((above + 1).numpy().astype(np.int64), tied.numpy())
     raise ValueError(f"unknown v2t convention {convention!r}")
+
+
+def concat_rankings(parts: list[Ranking]) -> Ranking:
+    """The rankings of consecutive query chunks, as one."""
+    return Ranking(np.concatenate([p.ranks for p in parts]), np.concatenate([p.tied for p in parts]))

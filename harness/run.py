@@ -28,7 +28,7 @@ from harness.cost.timing import time_method
 from harness.data.benchmark import Split, drop_videos
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
-from harness.evaluate import StageScores, evaluate_split, rank_split
+from harness.evaluate import StageRanks, evaluate_split
 from harness.features import FeatureCache
 from harness.files import atomic_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
@@ -48,11 +48,10 @@ def decode_split(store: FrameStore, split: Split, allow_partial: bool) -> Split:
     return drop_videos(split, failed, "unreadable", allow_partial)
 
 
-def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageScores, k: int | None) -> list[dict]:
+def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageRanks, k: int | None) -> list[dict]:
     """One result row per direction of one retrieval stage, with its per-query ranks written out."""
     protocol, rows = suite.protocol, []
-    for direction, scores in stage.scores.items():
-        ranking = rank_split(scores, split, direction, protocol.multi_caption_v2t)
+    for direction, ranking in stage.rankings.items():
         video_ids = [v.id for v in split.videos]
         queries = split.captions if direction == "t2v" else video_ids
         truth = [video_ids[i] for i in split.caption_video] if direction == "t2v" else video_ids
@@ -70,7 +69,11 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
                if direction == "v2t" and split.shape == "multi-caption" else {}),
         }
         if stage.stage == "two-stage":  # fine scores actually computed, against the full matrix
-            row.update(candidates=k, fine_scores=stage.fine_scores[direction], all_pairs=scores.numel())
+            row.update(candidates=k, fine_scores=stage.fine_scores[direction], all_pairs=stage.pairs)
+        if stage.index is not None:  # searched by a FAISS index; an approximate one's rows carry its recall
+            row.update(index=stage.index, approximate=direction in stage.index_recall)
+            if direction in stage.index_recall:
+                row["index_recall"] = stage.index_recall[direction]
         rows.append(row)
     return rows
 
@@ -220,7 +223,8 @@ def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[di
     for split in ctx.prepared.test_splits:
         for stage in evaluate_split(method, split, ctx.store, suite.protocol.words, evaluation.batch_size,
                                     evaluation.score_chunk, ctx.prepared.device, suite.training.mixed_precision,
-                                    ctx.quiet, tuple(evaluation.directions), cache=ctx.features):
+                                    ctx.quiet, tuple(evaluation.directions), cache=ctx.features,
+                                    v2t_convention=suite.protocol.multi_caption_v2t, index=evaluation.index_spec()):
             rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
     return rows
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import HarnessError, SuiteError
+from harness.index import IndexSpec
+from harness.method import Method
 
 Sampling = Literal["fps1-linspace", "uniform"]
 TrainSampling = Literal["fps1-linspace", "uniform", "rand"]
@@ -82,6 +84,14 @@ class EvaluationSpec:
     directions: list[Direction] = field(default_factory=lambda: ["t2v", "v2t"])
     batch_size: int = 64  # videos or queries encoded at once
     score_chunk: int = 1024  # queries x gallery items scored at once (per side)
+    # Search the gallery of inner-product methods with a FAISS index: "exact" (IndexFlatIP, the engine's
+    # ranks) or an approximate one, "ivf" (nlist, nprobe, depth) or "hnsw" (M, ef_construction, ef_search,
+    # depth), whose rows are labelled approximate and carry the index's recall. "none": the engine scores.
+    index: Literal["none", "exact", "ivf", "hnsw"] = "none"
+    index_params: dict[str, int] = field(default_factory=dict)
+
+    def index_spec(self) -> IndexSpec | None:
+        return None if self.index == "none" else IndexSpec(self.index, dict(self.index_params))
 
 
 @dataclass
@@ -304,7 +314,28 @@ def parse_suite(data: Any, source: str) -> Suite:
     for i, direction in enumerate(suite.evaluation.directions):
         if suite.evaluation.directions.index(direction) != i:
             raise SuiteError(f"{source}: evaluation.directions[{i}]: {direction!r} is listed twice.")
+    check_index(suite, methods)
     return suite
+
+
+def check_index(suite: Suite, methods) -> None:
+    """evaluation.index and its parameters; every method of the suite must declare an inner product."""
+    evaluation, source = suite.evaluation, suite.source
+    if evaluation.index == "none":
+        if evaluation.index_params:
+            raise SuiteError(f"{source}: evaluation.index_params: given, but evaluation.index is none.")
+        return
+    try:
+        evaluation.index_spec()
+    except HarnessError as error:
+        raise SuiteError(f"{source}: {error}") from None
+    for i, spec in enumerate(suite.methods):
+        method_cls = methods[spec.name]
+        if method_cls.inner_product is Method.inner_product:
+            stage = "coarse_score" if method_cls.candidates is not Method.candidates else "score"
+            raise SuiteError(f"{source}: evaluation.index={evaluation.index}: methods[{i}] {spec.name} declares no "
+                             f"inner product (Method.inner_product) for its {stage}, so no index can search its "
+                             "gallery; evaluate it in a suite with evaluation.index: none.")
 
 
 def method_params(method_cls: type, suite: Suite, given: dict, path: str) -> dict:

@@ -38,7 +38,7 @@ from harness.data.text import tokenize
 from harness.data.video import decode, pad_frames, to_pixels
 from harness.errors import TrainingError
 from harness.files import atomic_save
-from harness.evaluate import autocast, evaluate_split, rank_split
+from harness.evaluate import autocast, evaluate_split
 from harness.method import Method
 from harness.metrics import summarize
 from harness.progress import progress
@@ -136,7 +136,7 @@ def validation_r1(method: Method, split: Split, store: FrameStore, words: int, b
                   device: torch.device, mixed_precision: bool) -> float:
     final = evaluate_split(method, split, store, words, batch_size, chunk, device, mixed_precision, quiet=True,
                            directions=("t2v",))[-1]  # the two-stage result for two-stage methods
-    return summarize(rank_split(final.scores["t2v"], split, "t2v", "max-over-captions"))["R1"]
+    return summarize(final.rankings["t2v"])["R1"]
 
 
 def separate_random_streams(seed: int, rank: int) -> None:

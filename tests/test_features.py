@@ -18,7 +18,8 @@ from harness.data.benchmark import Split, Video
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.errors import HarnessError
-from harness.evaluate import evaluate_split, rank_split
+from harness.evaluate import encode_split, score_in_chunks
+from harness.metrics import text_to_video, video_to_text
 from harness.features import FeatureCache, method_identity, weights_digest
 from harness.metrics import summarize
 
@@ -86,19 +87,23 @@ class Calls:
 
 def evaluate(clip: Path, checkpoint: Path, split: Split, store: FrameStore, cache: FeatureCache | None,
              change=None):
-    """The checkpoint loaded into a fresh method and evaluated: its scores per direction and the calls."""
+    """The checkpoint loaded into a fresh method, its features encoded (or read from `cache`) and scored: its
+    scores per direction and the calls."""
     method = build(clip, WORDS)
     load_checkpoint(method, checkpoint, "harness")
     if change is not None:
         change(method)
     calls = Calls(method)
-    (stage,) = evaluate_split(method, split, store, WORDS, batch_size=3, chunk=5, device=CPU, quiet=True,
-                              cache=cache)
-    return stage.scores, calls
+    method.eval()
+    video, text = encode_split(method, split, store, WORDS, 3, CPU, quiet=True, cache=cache)
+    scores = score_in_chunks(method, text, video, 5, CPU)
+    return {"t2v": scores, "v2t": scores}, calls
 
 
 def rows(scores: dict, split: Split) -> list[dict]:
-    return [summarize(rank_split(s, split, d, "max-over-captions"), (1, 5, 10)) for d, s in sorted(scores.items())]
+    owners = torch.as_tensor(split.caption_video)
+    return [summarize(text_to_video(scores["t2v"], owners)),
+            summarize(video_to_text(scores["v2t"], owners, len(split.videos)))]
 
 
 def test_a_second_evaluation_of_a_checkpoint_reads_every_feature_from_the_cache(tmp_path, tiny_clip, checkpoint,

@@ -1,81 +1,88 @@
-"""Two-stage (coarse-to-fine) retrieval in the engine, on a toy method with known coarse and fine scores."""
+"""Two-stage (coarse-to-fine) retrieval in the engine: batched fine scores equal the per-query loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from harness.evaluate import two_stage_scores
+from harness.evaluate import rank_features, top_k
 from harness.method import Method
+from harness.metrics import text_to_video, video_to_text
 
 CPU = torch.device("cpu")
 
 
 class Toy(Method):
-    """Coarse: a_i * b_j. Fine: sin(3 a_i + 7 b_j), counting every pair it is asked for."""
+    """Coarse and fine scores read from fixed matrices (features are item indices); records the shapes of
+    the pairs it is asked to fine-score."""
 
     name = "toy"
 
-    def __init__(self, k: int):
+    def __init__(self, coarse: torch.Tensor, fine: torch.Tensor, k: int):
         torch.nn.Module.__init__(self)
-        self.k, self.fine_pairs = k, 0
+        self.coarse, self.fine, self.k, self.asked = coarse, fine, k, []
 
     def candidates(self) -> int:
         return self.k
 
     def coarse_score(self, text, video):
-        return text["a"][:, None] * video["b"][None, :]
+        return self.coarse[text["i"]][:, video["j"]]
 
     def score(self, text, video):
-        self.fine_pairs += text["a"].shape[0] * video["b"].shape[0]
-        return torch.sin(3 * text["a"][:, None] + 7 * video["b"][None, :])
+        self.asked.append((text["i"].shape[0], video["j"].shape[0]))
+        return self.fine[text["i"]][:, video["j"]]
 
 
-@pytest.fixture
-def features():
-    torch.manual_seed(0)
-    return {"a": torch.rand(9) + 0.1}, {"b": torch.randn(13)}
+def reference(method: Toy, coarse: torch.Tensor, k: int, direction: str) -> torch.Tensor:
+    """The per-query loop the engine replaced: each query's top-k by the coarse score (ties at the k-th
+    place: lowest index first) get the fine score and are placed above the rest, which keeps its coarse
+    order. Returns the (n_text, n_video) float64 matrix to rank in that direction."""
+    scores = coarse.double().t().clone() if direction == "v2t" else coarse.double().clone()
+    k = min(k, scores.shape[1])
+    candidates = torch.argsort(-scores, dim=1, stable=True)[:, :k]
+    for q in range(scores.shape[0]):
+        fine = (method.fine[:, q][candidates[q]] if direction == "v2t" else method.fine[q][candidates[q]]).double()
+        row = scores[q]
+        outside = torch.ones(row.shape[0], dtype=torch.bool)
+        outside[candidates[q]] = False
+        if outside.any():
+            row[outside] -= row[outside].max() - fine.min() + 1.0
+        row[candidates[q]] = fine
+    return scores.t() if direction == "v2t" else scores
 
 
-def order(scores: torch.Tensor) -> torch.Tensor:
-    return torch.argsort(scores, dim=1, descending=True)
+def planted(n_text: int, n_video: int, seed: int, levels: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, levels, (n_text, n_video), generator=generator).float()
 
 
-@pytest.mark.parametrize("direction", ["t2v", "v2t"])
-def test_k_equal_to_the_gallery_ranks_by_the_fine_score(features, direction):
-    text, video = features
-    method = Toy(k=13 if direction == "t2v" else 9)
-    coarse = method.coarse_score(text, video)
-    result, computed = two_stage_scores(method, text, video, coarse, method.k, direction, CPU)
-    fine = torch.sin(3 * text["a"][:, None] + 7 * video["b"][None, :]).double()
-    if direction == "v2t":
-        result, fine = result.t(), fine.t()
-    assert torch.equal(order(result), order(fine))
-    assert computed == 9 * 13
+SHAPES = {"square": (10, list(range(10))), "multi-caption": (6, [0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 5, 1, 3, 0])}
 
 
-@pytest.mark.parametrize("direction, queries, gallery", [("t2v", 9, 13), ("v2t", 13, 9)])
-def test_small_k_computes_exactly_k_fine_scores_per_query_and_candidates_outrank_the_rest(
-        features, direction, queries, gallery):
-    text, video = features
-    method = Toy(k=4)
-    coarse = method.coarse_score(text, video)
-    result, computed = two_stage_scores(method, text, video, coarse, 4, direction, CPU)
-    assert computed == method.fine_pairs == 4 * queries  # not queries x gallery = 117
-    rows = result.t() if direction == "v2t" else result
-    by_coarse = coarse.t() if direction == "v2t" else coarse
-    for q in range(queries):
-        candidates = torch.topk(by_coarse[q], 4).indices
-        outside = torch.ones(gallery, dtype=torch.bool)
-        outside[candidates] = False
-        assert rows[q, candidates].min() > rows[q, outside].max()
-        # the rest keeps its coarse order
-        assert torch.equal(torch.argsort(rows[q, outside], descending=True),
-                           torch.argsort(by_coarse[q, outside], descending=True))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [1, 3, 6, 50])
+@pytest.mark.parametrize("chunk", [1, 4, 32])
+def test_batched_two_stage_equals_the_per_query_reference(shape, k, chunk):
+    n_video, owners = SHAPES[shape]
+    owners = torch.tensor(owners)
+    coarse = planted(len(owners), n_video, seed=k, levels=4)  # ties at the k-th place too
+    fine = planted(len(owners), n_video, seed=100 + k, levels=5)
+    method = Toy(coarse, fine, k)
+    text, video = {"i": torch.arange(len(owners))}, {"j": torch.arange(n_video)}
+    for convention in ("max-over-captions", "all-captions"):
+        first, second = rank_features(method, text, video, owners, chunk, CPU, v2t_convention=convention)
+        expected = {"t2v": text_to_video(reference(method, coarse, k, "t2v"), owners),
+                    "v2t": video_to_text(reference(method, coarse, k, "v2t"), owners, n_video, convention)}
+        for direction, ranking in expected.items():
+            assert second.rankings[direction].ranks.tolist() == ranking.ranks.tolist(), (direction, convention)
+            assert second.rankings[direction].tied.tolist() == ranking.tied.tolist(), (direction, convention)
+        assert first.rankings["t2v"].ranks.tolist() == text_to_video(coarse, owners).ranks.tolist()
+        # exactly k fine scores per query, each query asked with its k candidates alone
+        assert second.fine_scores == {"t2v": len(owners) * min(k, n_video), "v2t": n_video * min(k, len(owners))}
+        assert set(method.asked) == {(1, min(k, n_video)), (min(k, len(owners)), 1)}
 
 
-def test_k_larger_than_the_gallery_is_capped(features):
-    text, video = features
-    method = Toy(k=100)
-    result, computed = two_stage_scores(method, text, video, method.coarse_score(text, video), 100, "t2v", CPU)
-    assert computed == 9 * 13 and result.shape == (9, 13)
+def test_top_k_takes_the_lowest_indices_among_ties_at_the_kth_place():
+    scores = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert top_k(scores, 3).tolist() == [[1, 2, 3], [0, 1, 2]]
+    assert top_k(scores, 4).tolist() == [[1, 2, 3, 4], [0, 1, 2, 3]]

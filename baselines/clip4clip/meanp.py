@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baselines.clip4clip.official import load_official_clip4clip
-from harness.method import Features, Method, masked_mean, symmetric_cross_entropy
+from harness.method import Features, InnerProduct, Method, masked_mean, symmetric_cross_entropy
 
 
 def mean_pooled_video(frames: Tensor, frame_mask: Tensor) -> Tensor:
@@ -42,6 +42,9 @@ class MeanP(Method):
 
     def score(self, text: Features, video: Features) -> Tensor:
         return self.backbone.logit_scale.exp() * text["text"] @ video["video"].t()
+
+    def inner_product(self, text: Features, video: Features) -> InnerProduct | None:
+        return InnerProduct(text["text"], video["video"], float(self.backbone.logit_scale.exp()))
 
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         main = symmetric_cross_entropy(self.score(text, video))

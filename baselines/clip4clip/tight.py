@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import OFFICIAL_HEAD_LAYER_NORM_EPS, run_blocks, text_blocks, text_positions
-from harness.method import Features, symmetric_cross_entropy
+from harness.method import Features, Method, symmetric_cross_entropy
 
 
 @dataclass
@@ -77,6 +77,8 @@ class TightTransf(MeanP):
         parts = [self.cross(text["text"][chunk[:, 0]], video["frames"][chunk[:, 1]], mask[chunk[:, 1]])
                  for chunk in pairs.split(self.params.pair_chunk)]
         return torch.cat(parts).view(n_t, n_v)
+
+    inner_product = Method.inner_product  # a cross-encoder: its score is no inner product
 
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         main = symmetric_cross_entropy(self.score(text, video))  # no logit scale, as the official code

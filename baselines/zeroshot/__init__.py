@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from baselines.clip4clip.meanp import MeanP
-from harness.method import Features
+from harness.method import Features, InnerProduct
 
 
 @dataclass
@@ -25,3 +25,6 @@ class ZeroShot(MeanP):
 
     def score(self, text: Features, video: Features) -> Tensor:
         return text["text"] @ video["video"].t()
+
+    def inner_product(self, text: Features, video: Features) -> InnerProduct | None:
+        return InnerProduct(text["text"], video["video"], 1.0)

@@ -57,6 +57,9 @@ def load_run(path: str | Path) -> Run:
     return Run(file.parent, read_results(file))
 
 
+UNRANKED = ("post", "approximate")  # labelled, listed apart, never ranked against the harness's own rows
+
+
 @dataclass
 class Column:
     key: str
@@ -80,7 +83,7 @@ class Cell:
 @dataclass
 class Entry:
     label: str
-    kind: str  # "own", "reported" or "post"
+    kind: str  # "own", "reported", "post" or "approximate" (searched by an approximate index)
     values: dict[str, float | None]
     note: str = ""
     intervals: dict[str, Interval] | None = None
@@ -150,9 +153,10 @@ def build_leaderboards(runs: list[Run], reference: str | None = "clip4clip-meanp
     for (benchmark, split, direction), rows in grouped.items():
         entries = []
         seen_reported: set = set()
-        labels = [label_of(row) + row.get("post", "none") for _, row in rows]
+        labels = [label_of(row) + row.get("post", "none") + str(row.get("index")) for _, row in rows]
         for run, row in rows:
-            duplicate = labels.count(label_of(row) + row.get("post", "none")) > 1  # the same method in two runs
+            # the same method in two runs
+            duplicate = labels.count(label_of(row) + row.get("post", "none") + str(row.get("index"))) > 1
             entry = own_entry(run, row, direction, duplicate, resamples)
             entries.append(entry)
             published = published_entry(run, row, reported, seen_reported)
@@ -168,8 +172,8 @@ def build_leaderboards(runs: list[Run], reference: str | None = "clip4clip-meanp
                                           ref.values.get("online_s") else None)
             if ref is not None and entry is not ref:
                 entry.paired = paired_against(entry, ref)
-        # each reported row right under its own row; post-processed rows last, apart
-        ordered = [e for e in entries if e.kind != "post"] + [e for e in entries if e.kind == "post"]
+        # each reported row right under its own row; post-processed and approximate rows last, apart
+        ordered = [e for e in entries if e.kind not in UNRANKED] + [e for e in entries if e.kind in UNRANKED]
         first = rows[0][1]
         board = Leaderboard(benchmark, split, direction, first.get("shape", ""), int(first["gallery"]),
                             int(first["queries"]), columns_for(ordered, ref), ordered,
@@ -183,6 +187,8 @@ def build_leaderboards(runs: list[Run], reference: str | None = "clip4clip-meanp
 def own_entry(run: Run, row: dict, direction: str, duplicate: bool, resamples: int) -> Entry:
     post = row.get("post", "none")
     label = label_of(row) + (f" + {POST_NAMES.get(post, post)}" if post != "none" else "")
+    if row.get("approximate"):
+        label += f" [approximate: {row['index']} index, recall@10 {row['index_recall']:.3f}]"
     if duplicate:
         label += f" [{run.name}]"
     values: dict[str, float | None] = {m: float(row[m]) for m in METRICS}
@@ -194,12 +200,13 @@ def own_entry(run: Run, row: dict, direction: str, duplicate: bool, resamples: i
     multi_t2v = row.get("shape") == "multi-caption" and direction == "t2v" and "video" in ranks
     groups = ranks["video"].to_numpy() if multi_t2v else None
     intervals = bootstrap_intervals(ranks["rank"].to_numpy(), groups, resamples=resamples)
-    return Entry(label, "own" if post == "none" else "post", values, intervals=intervals, ranks=ranks,
+    kind = "approximate" if row.get("approximate") else "own" if post == "none" else "post"
+    return Entry(label, kind, values, intervals=intervals, ranks=ranks,
                  method=row["method"])
 
 
 def published_entry(run: Run, row: dict, reported: pd.DataFrame, seen: set) -> Entry | None:
-    if row.get("stage", "single") not in ("single", "two-stage"):
+    if row.get("stage", "single") not in ("single", "two-stage") or row.get("approximate"):
         return None
     method = run.results.get("methods", {}).get(row["method"], {})
     suite = run.results.get("suite", {})

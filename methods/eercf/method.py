@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
 from harness.errors import HarnessError
-from harness.method import PADDED_FRAMES, Features, Method, masked_mean, symmetric_cross_entropy
+from harness.method import PADDED_FRAMES, Features, InnerProduct, Method, masked_mean, symmetric_cross_entropy
 from methods.eercf import scores
 from methods.eercf.scores import pearson_constraint
 
@@ -98,6 +98,10 @@ class EERCF(Method):
 
     def coarse_score(self, text: Features, video: Features) -> Tensor:
         return self.scale() * text["text_global"] @ video["video"].t()
+
+    def inner_product(self, text: Features, video: Features) -> InnerProduct | None:
+        """The coarse score s <t W_g, v>: the video vector is indexable."""
+        return InnerProduct(text["text_global"], video["video"], float(self.scale()))
 
     def evaluation_scores(self, text: Features, video: Features) -> dict[str, Tensor]:
         """The official evaluation's five (n_t, n_v) score matrices, each x the logit scale."""
