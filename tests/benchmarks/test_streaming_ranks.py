@@ -1,21 +1,23 @@
-"""Streaming ranks and batched two-stage at scale.
+"""Streaming ranks and batched two-stage at scale (pytest-benchmark).
 
 Big sizes run with `--benchmark-enable`; with benchmarks disabled (the default) the same checks run at small
-sizes as plain tests. Targets: 20,000 x 20,000 meanP-shaped ranks under 1 GiB beyond the features, no
-slower than the full-matrix path at 5,000 x 5,000; EERCF-shaped two-stage (k = 50) well above 10x faster
-than a per-query loop, same ranks.
+sizes as plain tests. Timings are recorded (extra_info: the reference's seconds and the ratio), never
+asserted. Targets: 20,000 x 20,000 meanP-shaped ranks under 1 GiB beyond the features and no slower than
+the full-matrix path at 5,000 x 5,000; EERCF two-stage (k = 50) at 5,000 queries at least 10x faster than a
+per-query loop, with the same ranks.
 """
 
 from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 from peak_memory import peak_memory_mib
 
-from harness.evaluate import rank_features, score_in_chunks
-from harness.metrics import text_to_video, video_to_text
+from harness.backbone import Backbone, build_clip
+from harness.evaluate import move_features, rank_features, score_in_chunks, slice_features, take, top_k
+from harness.metrics import rank_of_ground_truth, text_to_video, video_to_text
+from methods.eercf import EERCF, EERCFParams
 
 CPU = torch.device("cpu")
 
@@ -41,16 +43,9 @@ video = {{"video": torch.nn.functional.normalize(torch.randn(n, 512), dim=-1)}}
 """
 
 
-def test_streaming_ranks_peak_memory(request):
-    n = 20000 if big(request) else 2000
-    report = peak_memory_mib(SETUP.format(n=n), "(stage,) = rank_features(Dot(), text, video, torch.arange(n), 1024, "
-                                                "torch.device('cpu')); report['r1'] = float((stage.rankings['t2v']"
-                                                ".ranks == 1).mean())")
-    print(f"\n{n} x {n}: peak {report['peak_mib']:.0f} MiB beyond the features")
-    assert report["peak_mib"] < 1024
-
-
 class Dot(torch.nn.Module):
+    """meanP-shaped: one 512-d vector per video and per caption, the scaled inner product."""
+
     name = "dot"
 
     def candidates(self):
@@ -60,7 +55,17 @@ class Dot(torch.nn.Module):
         return 100.0 * text["text"] @ video["video"].t()
 
 
-def test_streaming_is_no_slower_than_the_full_matrix(request):
+def test_streaming_ranks_peak_memory(request, benchmark):
+    n = 20000 if big(request) else 2000
+    statement = ("(stage,) = rank_features(Dot(), text, video, torch.arange(n), 1024, torch.device('cpu')); "
+                 "report['r1'] = float((stage.rankings['t2v'].ranks == 1).mean())")
+    report = benchmark.pedantic(lambda: peak_memory_mib(SETUP.format(n=n), statement), rounds=1, iterations=1)
+    benchmark.extra_info.update(queries=n, gallery=n, peak_mib_beyond_features=round(report["peak_mib"], 1))
+    assert report["peak_mib"] < 1024  # memory, not time: O(chunk x gallery), whatever the number of queries
+    assert 0.0 <= report["r1"] <= 1.0
+
+
+def test_streaming_ranks_against_the_full_matrix(request, benchmark):
     n = 5000 if big(request) else 1000
     torch.manual_seed(0)
     text, video = {"text": torch.randn(n, 512)}, {"video": torch.randn(n, 512)}
@@ -70,9 +75,64 @@ def test_streaming_is_no_slower_than_the_full_matrix(request):
     expected = text_to_video(full, owners), video_to_text(full, owners, n)
     full_s = time.perf_counter() - start
     start = time.perf_counter()
-    (stage,) = rank_features(Dot(), text, video, owners, 1024, CPU)
+    (stage,) = benchmark.pedantic(lambda: rank_features(Dot(), text, video, owners, 1024, CPU), rounds=1,
+                                  iterations=1)
     streaming_s = time.perf_counter() - start
-    print(f"\n{n} x {n}: full matrix {full_s:.2f} s, streaming {streaming_s:.2f} s")
+    benchmark.extra_info.update(size=n, full_matrix_s=round(full_s, 3), streaming_s=round(streaming_s, 3),
+                                streaming_over_full=round(streaming_s / full_s, 3))
     assert stage.rankings["t2v"].ranks.tolist() == expected[0].ranks.tolist()
     assert stage.rankings["v2t"].ranks.tolist() == expected[1].ranks.tolist()
-    assert streaming_s <= 1.25 * full_s  # timing noise on a shared machine; the report gives the figures
+
+
+def eercf_features(queries: int, videos: int):
+    """The EERCF head on a small random CLIP (width 64, 4 patches a frame, 6 frames): real feature shapes of
+    that backbone, random values."""
+    from harness.backbone import ClipShape
+
+    torch.manual_seed(0)
+    shape = ClipShape(embed_dim=64, image_size=32, patch_size=16, vision_width=64, vision_layers=1,
+                      context_length=32, vocab_size=1000, text_width=64, text_layers=1)
+    method = EERCF(Backbone(build_clip(shape, 32)), EERCFParams(layers=1, frames=6, candidates=50)).eval()
+    with torch.no_grad():
+        video = method.encode_video(torch.randn(videos, 6, 3, 32, 32), torch.ones(videos, 6, dtype=torch.bool))
+        tokens = torch.randint(1, 900, (queries, 32))
+        tokens[:, 12], tokens[:, 13:] = 999, 0
+        text = method.encode_text(tokens, tokens != 0)
+    return method, text, video
+
+
+@torch.no_grad()
+def per_query_two_stage(method, text, video, k: int) -> torch.Tensor:
+    """The loop the engine replaced: every query's top-k by the coarse score, the fine score one query at a
+    time, candidates placed above the rest in coarse order; t2v ranks."""
+    coarse = score_in_chunks(method, text, video, 1024, CPU, score_fn=method.coarse_score).double()
+    candidates = top_k(coarse, k)
+    for q in range(coarse.shape[0]):
+        query = move_features(slice_features(text, q, q + 1), CPU)
+        fine = method.score(query, take(video, candidates[q])).reshape(-1).double()
+        row = coarse[q]
+        outside = torch.ones(row.shape[0], dtype=torch.bool)
+        outside[candidates[q]] = False
+        row[outside] -= row[outside].max() - fine.min() + 1.0
+        row[candidates[q]] = fine
+    return torch.as_tensor(rank_of_ground_truth(coarse, torch.arange(coarse.shape[0])).ranks)
+
+
+def test_batched_two_stage_against_the_per_query_loop(request, benchmark):
+    n = 5000 if big(request) else 300
+    method, text, video = eercf_features(n, n)
+    start = time.perf_counter()
+    expected = per_query_two_stage(method, text, video, 50)
+    loop_s = time.perf_counter() - start
+
+    def batched():
+        with torch.no_grad():
+            return rank_features(method, text, video, torch.arange(n), 1024, CPU, directions=("t2v",))
+
+    start = time.perf_counter()
+    _, two_stage = benchmark.pedantic(batched, rounds=1, iterations=1)
+    batched_s = time.perf_counter() - start
+    benchmark.extra_info.update(queries=n, gallery=n, k=50, per_query_loop_s=round(loop_s, 3),
+                                batched_s=round(batched_s, 3), speedup=round(loop_s / batched_s, 2))
+    assert two_stage.rankings["t2v"].ranks.tolist() == expected.tolist()
+    assert two_stage.fine_scores["t2v"] == n * 50
