@@ -113,6 +113,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from harness import distributed
+
+    if args.nproc is not None and not distributed.launched():
+        return _launch(_without_nproc(args.argv), args.nproc)
+    with distributed.process_group():
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from harness import registry
 
     checkpoints = {}
@@ -322,8 +331,10 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=handler)
-    run.add_argument("--nproc", type=int, metavar="N", help="train on N local processes (one per GPU, or CPU "
-                                                            "processes): starts torchrun's agent with this command")
+    for command in (run, evaluate):
+        command.add_argument("--nproc", type=int, metavar="N", help="train and evaluate on N local processes (one "
+                                                                    "per GPU, or CPU processes): starts torchrun's "
+                                                                    "agent with this command")
     run.add_argument("--executor", choices=("slurm", "local"), help="one job per method through submitit, on Slurm or "
                                                                     "on this machine; rows merged into one run directory")
     run.add_argument("--slurm-partition", metavar="P", help="with --executor slurm: the partition")

@@ -15,6 +15,7 @@ from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import to_pixels
+from harness import distributed
 from harness import index as faiss_index
 from harness.errors import HarnessError
 from harness.features import FeatureCache, method_identity
@@ -45,31 +46,46 @@ def load_frames(store: FrameStore, split: Split, indices: list[int], device: tor
     return to_pixels(torch.stack(frames).to(device), mask), mask
 
 
+def my_batches(total: int, batch_size: int) -> list[int]:
+    """The starts of the batches this process encodes: in a process group, batch b goes to rank b mod N, the
+    same batches one process would form, so every feature is bitwise the one a single process computes."""
+    return list(range(0, total, batch_size))[distributed.rank()::distributed.world_size()]
+
+
+def gathered(parts: dict[int, Features]) -> Features:
+    """Every rank's {batch start: features}, concatenated in order on every rank."""
+    merged: dict[int, Features] = {}
+    for part in distributed.gather_objects(parts):
+        merged.update(part)
+    return concat_features([merged[start] for start in sorted(merged)])
+
+
 @torch.no_grad()
 def encode_videos(method: Method, split: Split, store: FrameStore, batch_size: int, device: torch.device,
                   mixed_precision: bool = False, quiet: bool = False) -> Features:
-    parts = []
-    for start in tqdm(range(0, len(split.videos), batch_size), desc=f"encoding {split.name} videos",
-                      disable=quiet, leave=False):
+    parts = {}
+    for start in tqdm(my_batches(len(split.videos), batch_size), desc=f"encoding {split.name} videos",
+                      disable=quiet or not distributed.is_main(), leave=False):
         indices = list(range(start, min(start + batch_size, len(split.videos))))
         pixels, mask = load_frames(store, split, indices, device)
         with autocast(device, mixed_precision):
             features = method.encode_video(pixels, mask)
-        parts.append(move_features({k: v.float() for k, v in features.items()}, "cpu"))
-    return concat_features(parts)
+        parts[start] = move_features({k: v.float() for k, v in features.items()}, "cpu")
+    return gathered(parts)
 
 
 @torch.no_grad()
 def encode_queries(method: Method, captions: list[str], words: int, batch_size: int, device: torch.device,
                    mixed_precision: bool = False, quiet: bool = False) -> Features:
     tokens, mask = tokenize(captions, words)
-    parts = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="encoding queries", disable=quiet, leave=False):
+    parts = {}
+    for start in tqdm(my_batches(len(captions), batch_size), desc="encoding queries",
+                      disable=quiet or not distributed.is_main(), leave=False):
         end = min(start + batch_size, len(captions))
         with autocast(device, mixed_precision):
             features = method.encode_text(tokens[start:end].to(device), mask[start:end].to(device))
-        parts.append(move_features({k: v.float() for k, v in features.items()}, "cpu"))
-    return concat_features(parts)
+        parts[start] = move_features({k: v.float() for k, v in features.items()}, "cpu")
+    return gathered(parts)
 
 
 def count(features: Features) -> int:
@@ -105,12 +121,13 @@ def sides(text: Features, video: Features, direction: str) -> tuple[Features, Fe
 
 @torch.no_grad()
 def query_blocks(score_fn: Callable, text: Features, video: Features, direction: str, chunk: int,
-                 device: torch.device, mixed_precision: bool = False) -> Iterator[tuple[int, Tensor]]:
+                 device: torch.device, mixed_precision: bool = False,
+                 select: Callable[[int], bool] = lambda start: True) -> Iterator[tuple[int, Tensor]]:
     """(start, block): `chunk` queries (texts for t2v, videos for v2t) against the whole gallery, a
     (queries, gallery) float32 block on the CPU. Built from the same `chunk` x `chunk` tiles as
     `score_in_chunks`, so every score is the one the full matrix holds; no more than one block is held."""
     queries, gallery = sides(text, video, direction)
-    for q0 in range(0, count(queries), chunk):
+    for q0 in filter(select, range(0, count(queries), chunk)):
         query_chunk = move_features(slice_features(queries, q0, q0 + chunk), device)
         tiles = []
         for g0 in range(0, count(gallery), chunk):
@@ -194,14 +211,21 @@ class StageRanks:
     index_recall: dict[str, float] = field(default_factory=dict)
 
 
+def mine(start: int, chunk: int) -> bool:
+    """Whether the query block starting at `start` is this process's: in a process group the blocks are dealt
+    out in turn, so the rank work is split by query rows."""
+    return (start // chunk) % distributed.world_size() == distributed.rank()
+
+
 def stage_blocks(method: Method, text: Features, video: Features, direction: str, chunk: int,
                  device: torch.device, mixed_precision: bool, index: IndexSpec | None,
                  recall: dict[str, float]) -> Iterator[tuple[int, Tensor]]:
-    """The first stage's query blocks: the engine's scores, or an index's search (its recall stored in
-    `recall` when it is approximate)."""
+    """This process's query blocks of the first stage: the engine's scores, or an index's search (its recall
+    stored in `recall` when it is approximate)."""
     score_fn = method.score if method.candidates() is None else method.coarse_score
     if index is None:
-        return query_blocks(score_fn, text, video, direction, chunk, device, mixed_precision)
+        return query_blocks(score_fn, text, video, direction, chunk, device, mixed_precision,
+                            lambda start: mine(start, chunk))
     vectors = method.inner_product(text, video)
     if vectors is None:
         stage = "score" if method.candidates() is None else "coarse_score"
@@ -213,8 +237,15 @@ def stage_blocks(method: Method, text: Features, video: Features, direction: str
     if index.approximate:
         exact = faiss_index.build(faiss_index.IndexSpec("exact"), gallery, device)
         recall[direction] = faiss_index.recall(built, exact, queries, chunk)
-    return faiss_index.index_blocks(built, queries, gallery.shape[0], faiss_index.depth(index, gallery.shape[0]),
-                                    chunk)
+    blocks = faiss_index.index_blocks(built, queries, gallery.shape[0], faiss_index.depth(index, gallery.shape[0]),
+                                      chunk)
+    return ((start, block) for start, block in blocks if mine(start, chunk))
+
+
+def every_ranks_blocks(blocks: list[tuple[int, Ranking]]) -> Ranking:
+    """The rankings of every rank's query blocks, in query order (one process: its own)."""
+    merged = [block for part in distributed.gather_objects(blocks) for block in part]
+    return concat_rankings([ranking for _, ranking in sorted(merged, key=lambda item: item[0])])
 
 
 def rank_features(method: Method, text: Features, video: Features, owners: Tensor, chunk: int,
@@ -222,7 +253,8 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
                   v2t_convention: str = MULTI_CAPTION_V2T, index: IndexSpec | None = None) -> list[StageRanks]:
     """Ranks of every query in each direction, `chunk` queries at a time, never holding the full matrix:
     one stage for one-stage methods; the coarse stage and the two-stage result for two-stage methods.
-    `owners`: the video of each caption."""
+    `owners`: the video of each caption. In a process group every rank ranks its share of the query blocks
+    and every rank ends with all the ranks."""
     n_videos, k, recall = count(video), method.candidates(), {}
     first: dict[str, Ranking] = {}
     second: dict[str, Ranking] = {}
@@ -232,15 +264,16 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
         coarse, fine, computed[direction] = [], [], 0
         for q0, block in stage_blocks(method, text, video, direction, chunk, device, mixed_precision, index,
                                       recall):
-            coarse.append(rank_block(block, q0, owners, n_videos, direction, v2t_convention))
+            coarse.append((q0, rank_block(block, q0, owners, n_videos, direction, v2t_convention)))
             if k is not None:
                 reranked = rerank_block(method, slice_features(queries, q0, q0 + block.shape[0]), gallery, block, k,
                                         direction, chunk, device, mixed_precision)
-                fine.append(rank_block(reranked, q0, owners, n_videos, direction, v2t_convention))
+                fine.append((q0, rank_block(reranked, q0, owners, n_videos, direction, v2t_convention)))
                 computed[direction] += block.shape[0] * min(k, block.shape[1])
-        first[direction] = concat_rankings(coarse)
+        first[direction] = every_ranks_blocks(coarse)
         if k is not None:
-            second[direction] = concat_rankings(fine)
+            second[direction] = every_ranks_blocks(fine)
+            computed[direction] = sum(distributed.gather_objects(computed[direction]))
     pairs, kind = count(text) * n_videos, index.kind if index is not None else None
     if k is None:
         return [StageRanks("single", first, pairs, index=kind, index_recall=recall)]

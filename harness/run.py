@@ -217,7 +217,8 @@ def stored_fingerprint(file: Path) -> str | None:
 
 
 def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[dict]:
-    """Every test split, every direction and retrieval stage: rows, with their per-query ranks written."""
+    """Every test split, every direction and retrieval stage: rows, with their per-query ranks written. In a
+    process group every rank encodes and ranks its share (harness/evaluate.py); rank 0 writes."""
     suite, evaluation = ctx.suite, ctx.suite.evaluation
     rows = []
     for split in ctx.prepared.test_splits:
@@ -225,7 +226,8 @@ def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[di
                                     evaluation.score_chunk, ctx.prepared.device, suite.training.mixed_precision,
                                     ctx.quiet, tuple(evaluation.directions), cache=ctx.features,
                                     v2t_convention=suite.protocol.multi_caption_v2t, index=evaluation.index_spec()):
-            rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
+            if distributed.is_main():  # every rank ranked its share; rank 0 writes the rows and ranks files
+                rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
     return rows
 
 
@@ -252,11 +254,9 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
     elif spec.trains(cls):
         entry.update(train_stage(ctx, spec, method, fingerprint))
-    if not distributed.is_main():  # evaluation is rank 0's alone for now; the others wait for it
-        distributed.wait_for_all()
-        return entry, []
     rows = evaluate_stage(ctx, spec, method)
-    entry["cost"] = cost_stage(ctx, method)
+    if distributed.is_main():  # cost is counted and timed by one process; the others wait for it
+        entry["cost"] = cost_stage(ctx, method)
     distributed.wait_for_all()
     return entry, rows
 

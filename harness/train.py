@@ -15,8 +15,8 @@ suite's batch_size), the step's features are gathered across ranks before the lo
 DistributedDataParallel averages the gradients: the step is one process's step on the global batch. DDP
 syncs gradients only for a forward run through its wrapper, while methods are driven through
 encode_video / encode_text / loss; `TrainingStep` is that wrapper: its forward encodes, gathers and returns
-the loss terms. Only rank 0 validates (its R@1 is broadcast, so every rank selects the same epoch) and
-writes the training state; every rank reads it back.
+the loss terms. Validation takes the distributed evaluation path (every rank ends with the same R@1, so every
+rank selects the same epoch). Rank 0 writes the training state; every rank reads it back.
 """
 
 from __future__ import annotations
@@ -259,9 +259,9 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
             steps.set_postfix(loss=f"{loss.item():.4f}")
         entry = {"epoch": epoch, **{f"loss_{k}": v / len(batches) for k, v in sums.items()}}
         if validation is not None:
-            entry["validation_R1"] = distributed.broadcast(
-                validation_r1(method, validation, eval_store, words, eval_batch, chunk, device, mixed)
-                if rank == 0 else None)
+            # every rank encodes and ranks its share of the validation split and ends with the same R@1
+            entry["validation_R1"] = validation_r1(method, validation, eval_store, words, eval_batch, chunk, device,
+                                                   mixed)
             if spec.selection == "validation" and entry["validation_R1"] > best_r1:
                 best_r1, best_epoch = entry["validation_R1"], epoch
                 best_state = cpu_state(method)

@@ -184,3 +184,41 @@ def test_harness_run_with_two_processes_trains_as_one(tmp_path, vatex, tiny_clip
     history = [json.loads((runs[p] / "results.json").read_text())["methods"]["clip4clip-meanp"]["training"]["history"]
                for p in (1, 2)]
     assert [e["loss_total"] for e in history[0]] == pytest.approx([e["loss_total"] for e in history[1]], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluation_with_two_processes_gives_the_rows_and_ranks_of_one(tmp_path, vatex, tiny_clip):
+    """`harness eval --nproc 2`: videos and captions encoded in shards, the query blocks ranked in turn by the
+    two ranks, everything gathered: rows and per-query rank files byte-equal to one process's, both
+    directions, on a multi-caption split, batches and blocks small enough to be dealt out."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_suite
+
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}], epochs=1)
+    trained = tmp_path / "trained"
+    repo = Path(__file__).parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(trained),
+                           "--methods", "clip4clip-meanp"], capture_output=True, text=True, cwd=repo, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path / f"eval{processes}"
+        done = subprocess.run([sys.executable, "-m", "harness", "eval", str(suite), "--output", str(run_dir),
+                               "--methods", "zeroshot,clip4clip-meanp", "--checkpoint",
+                               f"clip4clip-meanp={trained / 'checkpoints' / 'clip4clip-meanp.pt'}",
+                               "--set", "evaluation.batch_size=3", "--set", "evaluation.score_chunk=3",
+                               "--nproc", str(processes), "--quiet"], capture_output=True, text=True, cwd=repo, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[processes] = json.loads((run_dir / "results.json").read_text())
+        runs[processes]["folder"] = run_dir
+    assert runs[2]["distributed"]["world_size"] == 2 and runs[1]["distributed"]["world_size"] == 1
+    assert runs[1]["rows"] == runs[2]["rows"]
+    for row in runs[1]["rows"]:
+        assert (runs[1]["folder"] / row["ranks_file"]).read_bytes() == (runs[2]["folder"] / row["ranks_file"]).read_bytes()
+    assert {r["split"] for r in runs[1]["rows"]} == {"test"} and len(runs[1]["rows"]) == 4
+    assert not (runs[2]["folder"] / ".lock").exists()
