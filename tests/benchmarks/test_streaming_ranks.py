@@ -22,8 +22,8 @@ from methods.eercf import EERCF, EERCFParams
 CPU = torch.device("cpu")
 
 
-def big(request) -> bool:
-    return not request.config.getoption("benchmark_disable", True)
+def big(benchmark) -> bool:
+    return not benchmark.disabled
 
 
 SETUP = """
@@ -55,8 +55,8 @@ class Dot(torch.nn.Module):
         return 100.0 * text["text"] @ video["video"].t()
 
 
-def test_streaming_ranks_peak_memory(request, benchmark):
-    n = 20000 if big(request) else 2000
+def test_streaming_ranks_peak_memory(benchmark):
+    n = 20000 if big(benchmark) else 2000
     statement = ("(stage,) = rank_features(Dot(), text, video, torch.arange(n), 1024, torch.device('cpu')); "
                  "report['r1'] = float((stage.rankings['t2v'].ranks == 1).mean())")
     report = benchmark.pedantic(lambda: peak_memory_mib(SETUP.format(n=n), statement), rounds=1, iterations=1)
@@ -65,8 +65,8 @@ def test_streaming_ranks_peak_memory(request, benchmark):
     assert 0.0 <= report["r1"] <= 1.0
 
 
-def test_streaming_ranks_against_the_full_matrix(request, benchmark):
-    n = 5000 if big(request) else 1000
+def test_streaming_ranks_against_the_full_matrix(benchmark):
+    n = 5000 if big(benchmark) else 1000
     torch.manual_seed(0)
     text, video = {"text": torch.randn(n, 512)}, {"video": torch.randn(n, 512)}
     owners = torch.arange(n)
@@ -118,8 +118,8 @@ def per_query_two_stage(method, text, video, k: int) -> torch.Tensor:
     return torch.as_tensor(rank_of_ground_truth(coarse, torch.arange(coarse.shape[0])).ranks)
 
 
-def test_batched_two_stage_against_the_per_query_loop(request, benchmark):
-    n = 5000 if big(request) else 300
+def test_batched_two_stage_against_the_per_query_loop(benchmark):
+    n = 5000 if big(benchmark) else 300
     method, text, video = eercf_features(n, n)
     start = time.perf_counter()
     expected = per_query_two_stage(method, text, video, 50)
