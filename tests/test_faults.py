@@ -382,6 +382,17 @@ def test_a_full_disk_while_writing_results_keeps_the_previous_results(finished_r
     assert not [name for name in after if name.endswith(".tmp")]  # no temporary file left behind
 
 
+def test_an_unwritable_results_file_keeps_what_was_there(finished_run, tmp_path, vatex, tiny_clip, capsys):
+    """The report folder's report.md is a directory here: writing it fails, named, and nothing else moves."""
+    _, run_dir = finished_run
+    (run_dir / "report" / "report.md").mkdir(parents=True)
+    before = snapshot(run_dir)
+    assert main(["report", str(run_dir), "--format", "md", "--resamples", "10"]) == 2
+    error = capsys.readouterr().err
+    assert f"cannot write file {run_dir / 'report' / 'report.md'}: Is a directory" in error
+    assert snapshot(run_dir) == before and (run_dir / "report" / "report.md").is_dir()
+
+
 def test_a_full_disk_while_writing_the_frame_cache_stops_with_a_clear_error(tmp_path, vatex, tiny_clip, monkeypatch,
                                                                             capsys):
     suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT)
