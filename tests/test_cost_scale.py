@@ -13,7 +13,7 @@ from conftest import write_suite
 from harness.backbone import Backbone, load_clip
 from harness.cli import main
 from harness.cost.scale import answer, bytes_per_item, measure_scale, parse_galleries
-from harness.evaluate import two_stage_scores
+from harness.evaluate import rerank_block, score_in_chunks
 from methods.eercf import EERCF, EERCFParams
 from baselines.clip4clip import MeanP
 
@@ -49,10 +49,14 @@ def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
     method = EERCF(Backbone(load_clip("auto", clip_file, 16)), EERCFParams(layers=1, candidates=20, frames=2)).eval()
     text, video = features(method, 60, 4)
     top = answer(method, text, video, chunk=16)
-    with torch.no_grad():
-        coarse = method.coarse_score(text, video)
-        engine, _ = two_stage_scores(method, text, video, coarse, 20, "t2v", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    with torch.no_grad():  # the evaluation's path: the coarse matrix, then its rerank of each query's top 20
+        coarse = score_in_chunks(method, text, video, 64, cpu, score_fn=method.coarse_score)
+        engine = rerank_block(method, text, video, coarse, 20, "t2v", 64, cpu)
+        fine = method.score(text, video).double()
     assert torch.equal(top, engine.topk(10, dim=1).indices)
+    for q in range(top.shape[0]):  # the ten returned are fine-scored candidates, in fine-score order
+        assert torch.equal(fine[q, top[q]], fine[q, top[q]].sort(descending=True).values)
 
 
 def test_every_size_is_measured_or_says_why_not(meanp):

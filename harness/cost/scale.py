@@ -24,6 +24,7 @@ import torch
 
 from harness.data.text import tokenize
 from harness.errors import HarnessError
+from harness.evaluate import rerank_block
 from harness.method import Features, Method
 
 TOP = 10  # what one query returns
@@ -100,21 +101,17 @@ def _reset_peak() -> bool:
 
 @torch.no_grad()
 def answer(method: Method, queries: Features, gallery: Features, chunk: int) -> torch.Tensor:
-    """The top items of the gallery for each query, as the harness's engine would find them (in chunks)."""
+    """The top items of the gallery for each query, as the engine finds them: the scores in chunks of
+    `chunk` items; a two-stage method's coarse scores reranked by its fine score on the top k
+    (harness.evaluate.rerank_block, batched as in an evaluation)."""
     k = method.candidates()
     score = method.coarse_score if k is not None else method.score
     count = next(iter(gallery.values())).shape[0]
-    parts = [score(queries, {n: v[start:start + chunk] for n, v in gallery.items()}).float()
-             for start in range(0, count, chunk)]
-    scores = torch.cat(parts, dim=1)
-    if k is None:
-        return scores.topk(min(TOP, count), dim=1).indices
-    top = scores.topk(min(k, count), dim=1).indices
-    for q in range(top.shape[0]):  # the fine score on each query's k candidates
-        query = {n: v[q:q + 1] for n, v in queries.items()}
-        fine = method.score(query, {n: v[top[q]] for n, v in gallery.items()}).float().reshape(-1)
-        top[q] = top[q][fine.argsort(descending=True)]
-    return top[:, :TOP]
+    scores = torch.cat([score(queries, {n: v[start:start + chunk] for n, v in gallery.items()}).float()
+                        for start in range(0, count, chunk)], dim=1)
+    if k is not None:
+        scores = rerank_block(method, queries, gallery, scores, k, "t2v", chunk, torch.device("cpu"))
+    return scores.topk(min(TOP, count), dim=1).indices
 
 
 def _measure(method: Method, video: Features, text: Features, gallery: int, chunk: int, pipe) -> None:
