@@ -86,8 +86,12 @@ def test_every_trainable_method_is_covered():
 
 @pytest.mark.parametrize("name", trainable_methods())
 def test_two_processes_step_equals_one_process(name, distributed_steps):
-    torch.set_num_threads(1)
-    single = one_step(name, slice(0, BATCH))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank computes; restored so that later tests run as before
+    try:
+        single = one_step(name, slice(0, BATCH))
+    finally:
+        torch.set_num_threads(threads)
     for rank, results in distributed_steps.items():
         got = results[name]
         assert got["terms"].keys() == single["terms"].keys()
