@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -127,16 +128,17 @@ def query_blocks(score_fn: Callable, text: Features, video: Features, direction:
     (queries, gallery) float32 block on the CPU. Built from the same `chunk` x `chunk` tiles as
     `score_in_chunks`, so every score is the one the full matrix holds; no more than one block is held."""
     queries, gallery = sides(text, video, direction)
-    for q0 in filter(select, range(0, count(queries), chunk)):
+    n_queries, n_gallery = count(queries), count(gallery)
+    for q0 in filter(select, range(0, n_queries, chunk)):
         query_chunk = move_features(slice_features(queries, q0, q0 + chunk), device)
-        tiles = []
-        for g0 in range(0, count(gallery), chunk):
+        block = torch.empty(min(chunk, n_queries - q0), n_gallery)
+        for g0 in range(0, n_gallery, chunk):
             gallery_chunk = move_features(slice_features(gallery, g0, g0 + chunk), device)
             with autocast(device, mixed_precision):
                 tile = score_fn(query_chunk, gallery_chunk) if direction == "t2v" else \
                     score_fn(gallery_chunk, query_chunk).t()
-            tiles.append(tile.float().cpu())
-        yield q0, torch.cat(tiles, dim=1)
+            block[:, g0 : g0 + chunk] = tile.float().cpu()
+        yield q0, block
 
 
 def rank_block(block: Tensor, q0: int, owners: Tensor, n_videos: int, direction: str,
@@ -248,6 +250,37 @@ def every_ranks_blocks(blocks: list[tuple[int, Ranking]]) -> Ranking:
     return concat_rankings([ranking for _, ranking in sorted(merged, key=lambda item: item[0])])
 
 
+def square(owners: Tensor, n_videos: int) -> bool:
+    """One caption per video, caption i of video i (square and paragraph splits)."""
+    return len(owners) == n_videos and bool((owners == torch.arange(n_videos)).all())
+
+
+@torch.no_grad()
+def both_directions_in_one_pass(method: Method, text: Features, video: Features, owners: Tensor, chunk: int,
+                                device: torch.device, mixed_precision: bool = False) -> dict[str, Ranking]:
+    """t2v and v2t ranks of a square split from one pass over the text blocks. v2t: video v's rank is 1 + the
+    captions scored above its own on column v (ties: the others scored equal), the same count the full
+    matrix gives under either v2t convention. Its own caption's score is taken first from the diagonal tiles,
+    the very tiles (same inputs, same call) the pass computes again, so every comparison is bitwise the full
+    matrix's; that costs n x chunk extra pairs instead of a second pass of n x n."""
+    n = count(video)
+    own = torch.empty(n)
+    for start in range(0, n, chunk):
+        text_chunk = move_features(slice_features(text, start, start + chunk), device)
+        video_chunk = move_features(slice_features(video, start, start + chunk), device)
+        with autocast(device, mixed_precision):
+            own[start : start + chunk] = method.score(text_chunk, video_chunk).float().cpu().diagonal()
+    above, equal, blocks = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), []
+    for q0, block in query_blocks(method.score, text, video, "t2v", chunk, device, mixed_precision,
+                                  lambda start: mine(start, chunk)):
+        blocks.append((q0, rank_block(block, q0, owners, n, "t2v", MULTI_CAPTION_V2T)))
+        above += (block > own).sum(dim=0)
+        equal += (block == own).sum(dim=0)
+    above, equal = (sum(counts) for counts in zip(*distributed.gather_objects((above, equal))))
+    v2t = Ranking((above + 1).numpy().astype(np.int64), (equal > 1).numpy())  # equal counts the own caption
+    return {"t2v": every_ranks_blocks(blocks), "v2t": v2t}
+
+
 def rank_features(method: Method, text: Features, video: Features, owners: Tensor, chunk: int,
                   device: torch.device, mixed_precision: bool = False, directions: tuple[str, ...] = ("t2v", "v2t"),
                   v2t_convention: str = MULTI_CAPTION_V2T, index: IndexSpec | None = None) -> list[StageRanks]:
@@ -259,6 +292,9 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
     first: dict[str, Ranking] = {}
     second: dict[str, Ranking] = {}
     computed: dict[str, int] = {}
+    if k is None and index is None and set(directions) == {"t2v", "v2t"} and square(owners, n_videos):
+        first = both_directions_in_one_pass(method, text, video, owners, chunk, device, mixed_precision)
+        directions = ()
     for direction in directions:
         queries, gallery = sides(text, video, direction)
         coarse, fine, computed[direction] = [], [], 0

@@ -62,6 +62,8 @@ def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Ten
                             convention: str = MULTI_CAPTION_V2T) -> Ranking:
     """`video_to_text` for some of the videos: by_video (len(videos), n_captions) holds their rows of S^T."""
     if convention == "max-over-captions":
+        if len(caption_video) == n_videos and bool((caption_video == torch.arange(n_videos)).all()):
+            return rank_of_ground_truth(by_video, videos)  # one caption per video, in order: groups = captions
         index = caption_video.unsqueeze(0).expand_as(by_video)
         grouped = torch.full((by_video.shape[0], n_videos), -torch.inf, dtype=by_video.dtype)
         grouped = grouped.scatter_reduce(1, index, by_video, reduce="amax", include_self=True)

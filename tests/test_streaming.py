@@ -79,3 +79,25 @@ def test_float_scores_of_a_real_product_are_those_of_the_full_matrix():
     (stage,) = rank_features(method, text, video, owners, 4, CPU)
     assert stage.rankings["t2v"].ranks.tolist() == text_to_video(full, owners).ranks.tolist()
     assert stage.rankings["v2t"].ranks.tolist() == video_to_text(full, owners, 11).ranks.tolist()
+
+
+def test_a_square_split_in_one_pass_gives_the_full_matrix_ranks_of_a_real_product():
+    """Square, both directions: v2t is counted in the same pass as t2v against each video's own score taken
+    from the diagonal tiles; float32 ranks and ties bit-equal to the full matrix's."""
+    from harness.evaluate import score_in_chunks
+
+    class Dot(Lookup):
+        def score(self, text, video):
+            return 3.7 * text["t"] @ video["v"].t()
+
+    torch.manual_seed(1)
+    text, video = {"t": torch.randn(37, 16)}, {"v": torch.randn(37, 16)}
+    video["v"][5] = video["v"][9]  # two identical videos: ties in t2v and v2t
+    owners, method = torch.arange(37), Dot(torch.empty(0))
+    for chunk in (1, 4, 37, 64):
+        full = score_in_chunks(method, text, video, chunk, CPU)
+        (stage,) = rank_features(method, text, video, owners, chunk, CPU)
+        for direction, expected in (("t2v", text_to_video(full, owners)), ("v2t", video_to_text(full, owners, 37))):
+            assert stage.rankings[direction].ranks.tolist() == expected.ranks.tolist()
+            assert stage.rankings[direction].tied.tolist() == expected.tied.tolist()
+        assert stage.rankings["t2v"].ties >= 2
