@@ -22,7 +22,8 @@ from harness.errors import HarnessError
 from harness.features import FeatureCache, method_identity
 from harness.index import IndexSpec
 from harness.method import Features, Method
-from harness.metrics import MULTI_CAPTION_V2T, Ranking, concat_rankings, text_to_video, videos_against_captions
+from harness.metrics import (MULTI_CAPTION_V2T, Ranking, concat_rankings, count_true, text_to_video,
+                             videos_against_captions)
 
 
 def slice_features(features: Features, start: int, end: int) -> Features:
@@ -112,7 +113,10 @@ def score_in_chunks(method: Method, text: Features, video: Features, chunk: int,
 
 
 def take(features: Features, index: Tensor) -> Features:
-    return {name: value[index] for name, value in features.items()}
+    """The items `index` (any shape) of every feature: shape (*index.shape, *feature item shape). index_select
+    on the flat index: a few times faster than advanced indexing for the candidates' features."""
+    flat = index.reshape(-1)
+    return {name: value.index_select(0, flat).view(*index.shape, *value.shape[1:]) for name, value in features.items()}
 
 
 def sides(text: Features, video: Features, direction: str) -> tuple[Features, Features]:
@@ -156,7 +160,12 @@ def top_k(scores: Tensor, k: int) -> Tensor:
     kth = scores.topk(k, dim=1).values[:, -1:]
     above = scores > kth
     tied = scores == kth
-    chosen = above | (tied & (tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+    wanted = k - count_true(above, dim=1)  # how many of the tied items each row keeps
+    chosen = above | tied
+    crowded = (count_true(tied, dim=1) > wanted).nonzero()[:, 0]  # rows with more ties than places (rare)
+    if len(crowded):
+        first = tied[crowded].cumsum(dim=1) <= wanted[crowded].unsqueeze(1)
+        chosen[crowded] = above[crowded] | (tied[crowded] & first)
     return chosen.nonzero()[:, 1].view(scores.shape[0], k)
 
 
@@ -274,8 +283,8 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
     for q0, block in query_blocks(method.score, text, video, "t2v", chunk, device, mixed_precision,
                                   lambda start: mine(start, chunk)):
         blocks.append((q0, rank_block(block, q0, owners, n, "t2v", MULTI_CAPTION_V2T)))
-        above += (block > own).sum(dim=0)
-        equal += (block == own).sum(dim=0)
+        above += count_true(block > own, dim=0)
+        equal += count_true(block == own, dim=0)
     above, equal = (sum(counts) for counts in zip(*distributed.gather_objects((above, equal))))
     v2t = Ranking((above + 1).numpy().astype(np.int64), (equal > 1).numpy())  # equal counts the own caption
     return {"t2v": every_ranks_blocks(blocks), "v2t": v2t}

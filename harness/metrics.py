@@ -26,12 +26,18 @@ class Ranking:
         return int(self.tied.sum())
 
 
+def count_true(mask: Tensor, dim: int) -> Tensor:
+    """How many entries along `dim` are true: summed as int32, several times faster than the default int64
+    sum of a bool tensor (exact up to 2^31 items, far beyond any gallery)."""
+    return mask.sum(dim=dim, dtype=torch.int32)
+
+
 def rank_of_ground_truth(scores: Tensor, gt: Tensor) -> Ranking:
     """scores (n_queries, n_items), gt (n_queries,) item index of each query's ground truth."""
     rows = torch.arange(scores.shape[0])
     target = scores[rows, gt].unsqueeze(1)
-    above = (scores > target).sum(dim=1)
-    equal = (scores == target).sum(dim=1) - 1  # the ground truth itself is equal
+    above = count_true(scores > target, dim=1)
+    equal = count_true(scores == target, dim=1) - 1  # the ground truth itself is equal
     return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
 
 
@@ -72,8 +78,8 @@ def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Ten
         own = caption_video.unsqueeze(0) == videos.unsqueeze(1)
         best_own = by_video.masked_fill(~own, -torch.inf).amax(dim=1, keepdim=True)
         others = by_video.masked_fill(own, -torch.inf)
-        above = (others > best_own).sum(dim=1)
-        tied = (others == best_own).sum(dim=1) > 0
+        above = count_true(others > best_own, dim=1)
+        tied = count_true(others == best_own, dim=1) > 0
         return Ranking((above + 1).numpy().astype(np.int64), tied.numpy())
     raise ValueError(f"unknown v2t convention {convention!r}")
 
