@@ -200,11 +200,13 @@ def rerank_block(method: Method, queries: Features, gallery: Features, block: Te
     candidates = top_k(scores, k)
     fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision,
                        batch=max(1, chunk // k))
-    outside = torch.ones_like(scores, dtype=torch.bool).scatter_(1, candidates, False)
-    highest_outside = scores.masked_fill(~outside, -torch.inf).amax(dim=1, keepdim=True)
+    if k == scores.shape[1]:
+        return scores.scatter_(1, candidates, fine)
+    # the highest non-candidate score is the (k+1)-th highest score (tied with the k-th or not)
+    highest_outside = scores.topk(k + 1, dim=1).values[:, -1:]
     # every non-candidate strictly below the lowest candidate, order kept (-inf: not returned by an index)
     shift = torch.where(highest_outside.isfinite(), highest_outside - fine.amin(dim=1, keepdim=True) + 1.0, 0.0)
-    return torch.where(outside, scores - shift, scores).scatter_(1, candidates, fine)
+    return scores.sub_(shift).scatter_(1, candidates, fine)  # the candidates' own shifted scores overwritten
 
 
 @dataclass

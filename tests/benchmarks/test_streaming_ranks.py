@@ -15,8 +15,8 @@ import torch
 from peak_memory import peak_memory_mib
 
 from harness.backbone import Backbone, build_clip
-from harness.evaluate import move_features, rank_features, score_in_chunks, slice_features, take, top_k
-from harness.metrics import rank_of_ground_truth, text_to_video, video_to_text
+from harness.evaluate import move_features, rank_features, score_in_chunks, slice_features
+from harness.metrics import text_to_video, video_to_text
 from methods.eercf import EERCF, EERCFParams
 
 CPU = torch.device("cpu")
@@ -103,19 +103,23 @@ def eercf_features(queries: int, videos: int):
 
 @torch.no_grad()
 def per_query_two_stage(method, text, video, k: int) -> torch.Tensor:
-    """The loop the engine replaced: every query's top-k by the coarse score, the fine score one query at a
-    time, candidates placed above the rest in coarse order; t2v ranks."""
-    coarse = score_in_chunks(method, text, video, 1024, CPU, score_fn=method.coarse_score).double()
-    candidates = top_k(coarse, k)
-    for q in range(coarse.shape[0]):
+    """The engine's two-stage path before batching, kept as written then: the coarse matrix, every query's
+    top-k by torch.topk, its candidates gathered by advanced indexing and fine-scored one query at a time,
+    placed above the rest in coarse order; t2v ranks counted with the int64 sums of the time."""
+    scores = score_in_chunks(method, text, video, 1024, CPU, score_fn=method.coarse_score).double()
+    candidates = scores.topk(k, dim=1).indices
+    for q in range(scores.shape[0]):
         query = move_features(slice_features(text, q, q + 1), CPU)
-        fine = method.score(query, take(video, candidates[q])).reshape(-1).double()
-        row = coarse[q]
+        items = {name: value[candidates[q]] for name, value in video.items()}
+        fine = method.score(query, items).reshape(-1).double()
+        row = scores[q]
         outside = torch.ones(row.shape[0], dtype=torch.bool)
         outside[candidates[q]] = False
-        row[outside] -= row[outside].max() - fine.min() + 1.0
+        if outside.any():
+            row[outside] -= row[outside].max() - fine.min() + 1.0
         row[candidates[q]] = fine
-    return torch.as_tensor(rank_of_ground_truth(coarse, torch.arange(coarse.shape[0])).ranks)
+    target = scores.diagonal().unsqueeze(1)
+    return (scores > target).sum(dim=1) + 1
 
 
 def test_batched_two_stage_against_the_per_query_loop(benchmark):
