@@ -159,7 +159,7 @@ def _import_checkpoint(args: argparse.Namespace) -> None:
 def _cost(args: argparse.Namespace) -> None:
     import json
 
-    from harness.cost.report import cost_table, suite_cost
+    from harness.cost.report import cost_table, suite_cost, unfinished_record
     from harness.cost.scale import parse_galleries, scale_table
     from harness.files import atomic_write
     from harness.preflight import select_device
@@ -167,14 +167,21 @@ def _cost(args: argparse.Namespace) -> None:
 
     suite = load_suite(args.suite)
     galleries = parse_galleries(args.gallery) if args.gallery else []
+    output = Path(args.output) if args.output else None
+    earlier = unfinished_record(output) if output is not None else None
+
+    def write(record: dict) -> None:  # after every method, so that an interrupted measurement keeps what it did
+        atomic_write(output, json.dumps(record, indent=2) + "\n", "cost record")
+
     cost = suite_cost(suite, select_device(suite.device), timing=not args.no_timing,
-                      log=(lambda *_: None) if args.quiet else print, galleries=galleries, time_limit=args.time_limit)
+                      log=(lambda *_: None) if args.quiet else print, galleries=galleries, time_limit=args.time_limit,
+                      earlier=earlier, on_method=write if output is not None else None)
     print(cost_table(cost))
     if galleries:
         print(scale_table(cost["methods"]))
-    if args.output:
-        atomic_write(Path(args.output), json.dumps(cost, indent=2) + "\n")
-        print(f"cost: {args.output}")
+    if output is not None:
+        write(cost)
+        print(f"cost: {output}")
 
 
 def _data_check(args: argparse.Namespace) -> int:

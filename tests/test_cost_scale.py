@@ -70,10 +70,14 @@ def test_every_size_is_measured_or_says_why_not(meanp):
 
     tight = measure_scale(meanp, 2, 16, 16, [200, 10**9], chunk=512, online_macs={}, memory_budget=2 * per_video * 1000)
     assert tight[0].status == "measured" and tight[1].status == "does not fit"
-    assert f"{per_video:,} B per video x 1,000,000,000 videos x 2" in tight[1].reason
+    assert f"{per_video:,} B per video x 1,000,000,000 videos + 16 queries' scores" in tight[1].reason
 
     slow = measure_scale(meanp, 2, 16, 16, [200, 10**7], chunk=512, online_macs={}, time_limit=1e-3)
     assert slow[1].status == "too slow" and "linear from 200 videos" in slow[1].reason and slow[1].one_query_s is None
+
+    # a first size far beyond one chunk: judged from one chunk's time, not measured blind
+    blind = measure_scale(meanp, 2, 16, 16, [10**7], chunk=512, online_macs={}, time_limit=1e-3)
+    assert blind[0].status == "too slow" and "linear from 512 videos" in blind[0].reason
 
 
 def test_gallery_sizes_parse_or_fail_clearly():
@@ -107,3 +111,42 @@ def test_cost_command_measures_galleries_and_the_report_shows_them(tmp_path, vat
     assert (run_dir / "report" / "report.html").read_text().count("<svg") >= 2  # the frontier and the scale plot
     assert main(["cost", str(suite), "--gallery", "1e4,many", "--quiet"]) == 2
     assert "'many' is not a gallery size" in capsys.readouterr().err
+
+
+def test_an_interrupted_cost_measurement_keeps_each_finished_method_and_continues(tmp_path, vatex, tiny_clip,
+                                                                                   monkeypatch, capsys):
+    import harness.cost.report as cost_report
+
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}])
+    cost_file = tmp_path / "cost.json"
+    measured = []
+    real = cost_report.measure_scale
+
+    def interrupted_at_the_second(method, *args, **kwargs):
+        if measured:
+            raise KeyboardInterrupt
+        measured.append(method.name)
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(cost_report, "measure_scale", interrupted_at_the_second)
+    assert main(["cost", str(suite), "--no-timing", "--gallery", "1e2", "--output", str(cost_file)]) == 130
+    partial = json.loads(cost_file.read_text())
+    assert list(partial["methods"]) == ["zeroshot"] and partial["pending"] == ["clip4clip-meanp"]
+    first = partial["methods"]["zeroshot"]["scale"]
+
+    monkeypatch.setattr(cost_report, "measure_scale", real)
+    assert main(["cost", str(suite), "--no-timing", "--gallery", "1e2", "--output", str(cost_file)]) == 0
+    assert "zeroshot: kept from the earlier, unfinished measurement" in capsys.readouterr().out
+    final = json.loads(cost_file.read_text())
+    assert list(final["methods"]) == ["zeroshot", "clip4clip-meanp"] and final["pending"] == []
+    assert final["methods"]["zeroshot"]["scale"] == first  # kept, not measured again
+
+    # other settings: nothing kept from an unfinished record
+    partial["settings"]["time_limit_s"] = 5.0
+    cost_file.write_text(json.dumps(partial))
+    assert main(["cost", str(suite), "--no-timing", "--gallery", "1e2", "--output", str(cost_file), "--quiet"]) == 0
+    assert json.loads(cost_file.read_text())["methods"]["zeroshot"]["scale"][0]["one_query_s"] != first[0]["one_query_s"]
+
+    cost_file.write_text("not json")
+    assert main(["cost", str(suite), "--no-timing", "--gallery", "1e2", "--output", str(cost_file)]) == 2
+    assert "is not a readable cost record" in capsys.readouterr().err and cost_file.read_text() == "not json"

@@ -6,10 +6,10 @@ to answer one text query (median of 3; the score against every gallery item in c
 10; a two-stage method: the coarse score on every item, its top k, the fine score on those k) and the time
 per query when a batch of queries is answered at once; the peak memory of doing so beyond the stored
 features. Each size is measured in a child process, so that one method's memory does not colour the next
-and a size that would exhaust memory never runs: when the features (bytes per video x G, twice for the
-working copy) exceed the memory budget, the size is reported as not fitting, with those figures. A size
-whose time, extrapolated linearly from the previous one, exceeds the time limit is reported as such
-instead of measured.
+and a size that would exhaust memory never runs: when the features (bytes per video x G) and the batch's
+scores exceed the memory budget, the size is reported as not fitting, with those figures. A size whose
+time, extrapolated linearly from the previous measured one (or from one chunk of the gallery, before the
+first), exceeds the time limit is reported as such instead of measured.
 """
 
 from __future__ import annotations
@@ -153,39 +153,54 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
         text = method.encode_text(tokens, token_mask)
     per_video = bytes_per_item(video)
     budget = memory_budget if memory_budget is not None else int(0.8 * available_bytes())
-    # spawn: a forked child would hang in its first multi-threaded (OpenMP) operation once the parent ran one
-    context = multiprocessing.get_context("spawn")
-    points, previous = [], None
-    for gallery in sorted(galleries):
+    galleries = sorted(galleries)
+
+    def measured(gallery: int) -> ScalePoint:
         point = ScalePoint(gallery, per_video, "measured", online_macs=online_macs.get(gallery))
-        needed = 2 * per_video * gallery
+        result = _in_child(method, video, text, gallery, chunk, time_limit)
+        if "error" in result:
+            point.status, point.reason = "failed", result["error"]
+        else:
+            point.one_query_s = result["one_query_s"]
+            point.per_query_in_batch_s = result["per_query_in_batch_s"]
+            point.peak_mib = result["peak_mib"]
+        return point
+
+    # a first size far above one chunk is not measured blind: one chunk's time tells what it would take
+    previous = measured(chunk) if galleries and galleries[0] > chunk else None
+    points = []
+    for gallery in galleries:
+        # the stored features, plus each query's float32 scores and a two-stage method's float64 copy of them
+        needed = per_video * gallery + BATCH * gallery * 12
         if needed > budget:
-            point.status = "does not fit"
-            point.reason = (f"{per_video:,} B per video x {gallery:,} videos x 2 (stored + working copy) = "
+            point = ScalePoint(gallery, per_video, "does not fit", online_macs=online_macs.get(gallery))
+            point.reason = (f"{per_video:,} B per video x {gallery:,} videos + {BATCH} queries' scores = "
                             f"{needed / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available")
-        elif previous is not None and \
+        elif previous is not None and previous.status == "measured" and \
                 previous.one_query_s * (REPEATS + BATCH) * gallery / previous.gallery > time_limit:
             expected = previous.one_query_s * gallery / previous.gallery
-            point.status = "too slow"
+            point = ScalePoint(gallery, per_video, "too slow", online_macs=online_macs.get(gallery))
             point.reason = (f"about {expected:.3g} s per query, {expected * (REPEATS + BATCH):.0f} s to measure "
                             f"(linear from {previous.gallery:,} videos): over the {time_limit:g} s limit")
         else:
-            receive, send = context.Pipe(duplex=False)
-            child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, send))
-            child.start()
-            send.close()
-            result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}
-            child.join()
-            if "error" in result:
-                point.status, point.reason = "failed", result["error"]
-            else:
-                point.one_query_s = result["one_query_s"]
-                point.per_query_in_batch_s = result["per_query_in_batch_s"]
-                point.peak_mib = result["peak_mib"]
+            point = measured(gallery)
         points.append(point)
         if point.status == "measured":
             previous = point
     return points
+
+
+def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, time_limit: float) -> dict:
+    """`_measure` in a fresh process (spawn: a forked child would hang in its first multi-threaded OpenMP
+    operation once the parent ran one)."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, send))
+    child.start()
+    send.close()
+    result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}
+    child.join()
+    return result
 
 
 def scale_record(points: list[ScalePoint]) -> list[dict]:
