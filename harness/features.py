@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness import distributed
 from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
@@ -102,9 +103,12 @@ class FeatureCache:
     def _read_or_encode(self, key: dict, rows: int, encode: Callable[[], Features]) -> Features:
         file = self._file(key)
         features = self._read(file, rows)
-        if features is None:
+        # in a process group encoding is collective: every rank encodes unless every rank found the entry
+        # (one rank missing it, e.g. while another run writes it, would otherwise wait for the others forever)
+        if not all(distributed.gather_objects(features is not None)):
             features = encode()
-            self._write(file, features)
+            if distributed.is_main():
+                self._write(file, features)
         return features
 
     def _read(self, file: Path, rows: int) -> Features | None:

@@ -253,3 +253,53 @@ def test_editing_a_methods_source_changes_its_feature_key(tmp_path, monkeypatch)
     before = code_digest(importlib.import_module("edited_method").Head)
     (package / "__init__.py").write_text("class Head:\n    scale = 2.0\n")
     assert code_digest(importlib.import_module("edited_method").Head) != before
+
+
+def ranks_agree_worker(rank: int, port: int, folder: str) -> None:
+    """One rank of a group in which only rank 0 finds the cache entry (another run writing it right then)."""
+    import harness.features
+    from harness import distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    distributed.init_from_environment()
+    try:
+        cache = FeatureCache(folder)
+        key = {"inputs": "queries", "name": "probe"}
+        file = cache._file(key)
+        if rank == 0:
+            np.savez(file, **{f"{harness.features.ARRAY_PREFIX}text": np.zeros((3, 2), dtype=np.float32)})
+        distributed.wait_for_all()
+        if rank == 1:
+            cache._read = lambda file, rows: None  # this rank does not see the entry
+
+        def encode():  # collective, as the engine's encoding is
+            parts = distributed.gather_objects(torch.full((3, 2), float(rank + 1)))
+            return {"text": parts[0]}
+
+        features = cache._read_or_encode(key, 3, encode)
+        torch.save(features["text"], os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        distributed.shutdown()
+
+
+def test_ranks_that_disagree_on_a_cache_entry_all_encode_instead_of_waiting_forever(tmp_path):
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    (tmp_path / "features").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    group = mp.start_processes(ranks_agree_worker, args=(port, str(tmp_path)), nprocs=2, join=False,
+                               start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not group.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in group.processes:
+                process.kill()
+            pytest.fail("the ranks waited for each other: a cache hit on one rank and a miss on another deadlocked")
+    encoded = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(torch.equal(t, torch.ones(3, 2)) for t in encoded)  # both encoded (rank 0's features), none read
