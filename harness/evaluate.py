@@ -171,21 +171,38 @@ def top_k(scores: Tensor, k: int) -> Tensor:
 
 @torch.no_grad()
 def fine_scores(method: Method, queries: Features, gallery: Features, candidates: Tensor, direction: str,
-                device: torch.device, mixed_precision: bool = False, batch: int = 1) -> Tensor:
+                device: torch.device, mixed_precision: bool = False, pairs: int = 1024) -> Tensor:
     """(n, k) float64: `method.score` of query i with each of its candidates (gallery indices, (n, k)) and
-    nothing else, `batch` queries at a time, their candidates' features gathered per batch."""
+    nothing else. The pairs are grouped by gallery item: each chosen item's features are gathered once, with
+    the queries that chose it (a gallery item's features are the large ones: gathering them once per pair
+    was most of the time). Items chosen by alike numbers of queries are scored together, that number padded
+    to a power of two, at most `pairs` pairs at a time."""
+    n, k = candidates.shape
+    flat = candidates.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # pair positions, grouped by gallery item
+    items, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    starts = counts.cumsum(0) - counts
+    width = counts.double().log2().ceil().long()  # 2**width >= count (exact: log2 of a power of two is whole)
+    fine = torch.empty(n * k, dtype=torch.float64)
 
-    def one_query(query: Features, items: Features) -> Tensor:
-        query = {name: value.unsqueeze(0) for name, value in query.items()}
-        return method.score(query, items)[0] if direction == "t2v" else method.score(items, query)[:, 0]
+    def one_item(chosen_by: Features, item: Features) -> Tensor:
+        item = {name: value.unsqueeze(0) for name, value in item.items()}
+        return method.score(chosen_by, item)[:, 0] if direction == "t2v" else method.score(item, chosen_by)[0]
 
-    parts = []
-    for b0 in range(0, candidates.shape[0], batch):
-        query = move_features(slice_features(queries, b0, b0 + batch), device)
-        items = move_features(take(gallery, candidates[b0 : b0 + batch]), device)
-        with autocast(device, mixed_precision):
-            parts.append(torch.func.vmap(one_query)(query, items).double().cpu())
-    return torch.cat(parts)
+    for bits in width.unique().tolist():
+        group = (width == bits).nonzero()[:, 0]
+        size = 2 ** bits
+        for g0 in range(0, len(group), max(1, pairs // size)):
+            part = group[g0 : g0 + max(1, pairs // size)]
+            slots = torch.arange(size)
+            filled = slots < counts[part].unsqueeze(1)
+            # padding slots repeat the item's first pair; their scores are dropped
+            positions = order[starts[part].unsqueeze(1) + torch.where(filled, slots, 0)]
+            chosen_by = move_features(take(queries, positions // k), device)
+            with autocast(device, mixed_precision):
+                scores = torch.func.vmap(one_item)(chosen_by, move_features(take(gallery, items[part]), device))
+            fine[positions[filled]] = scores.double().cpu()[filled]
+    return fine.view(n, k)
 
 
 def rerank_block(method: Method, queries: Features, gallery: Features, block: Tensor, k: int, direction: str,
@@ -193,13 +210,11 @@ def rerank_block(method: Method, queries: Features, gallery: Features, block: Te
     """Coarse-to-fine retrieval of the queries of one block (rows: queries, columns: the gallery, coarse
     scores). Each query keeps its top-k gallery items by the coarse score; only those pairs get the fine
     score (`method.score`), and they are placed above every other item, which keeps its coarse order.
-    Returns the float64 block to rank; k fine scores per query are computed, for chunk // k queries at once
-    (about `chunk` candidates' features gathered at a time)."""
+    Returns the float64 block to rank; k fine scores per query are computed, up to `chunk` pairs at once."""
     scores = block.double()
     k = min(k, scores.shape[1])
     candidates = top_k(scores, k)
-    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision,
-                       batch=max(1, chunk // k))
+    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision, pairs=chunk)
     if k == scores.shape[1]:
         return scores.scatter_(1, candidates, fine)
     # the highest non-candidate score is the (k+1)-th highest score (tied with the k-th or not)
