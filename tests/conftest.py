@@ -50,17 +50,21 @@ def synthetic_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("synthetic-cache")
 
 
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> Path:
-    """A random OpenAI-layout CLIP with the real vocabulary (captions are tokenized for real), 16 px frames."""
+def write_clip(path: Path, embed_dim: int) -> Path:
+    """A random OpenAI-layout CLIP with the real vocabulary (captions are tokenized for real), 16 px frames,
+    widths 64 and the given embedding width, saved at `path`."""
     from harness.backbone import ClipShape, build_clip
 
     torch.manual_seed(0)
-    shape = ClipShape(embed_dim=32, image_size=16, patch_size=8, vision_width=64, vision_layers=1,
+    shape = ClipShape(embed_dim=embed_dim, image_size=16, patch_size=8, vision_width=64, vision_layers=1,
                       context_length=32, vocab_size=49408, text_width=64, text_layers=1)
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
     torch.save(build_clip(shape, 32).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt", embed_dim=32)
 
 
 # A tiny VATEX-format benchmark with real H.264 clips, for end-to-end runs that take seconds.

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import write_clip
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
 from baselines.zeroshot import ZeroShot
@@ -105,14 +106,7 @@ def test_bad_index_parameters_are_refused():
 @pytest.fixture(scope="module")
 def square_clip(tmp_path_factory):
     """A tiny CLIP whose text width is its embedding width, as the sequential heads need."""
-    from harness.backbone import ClipShape, build_clip
-
-    torch.manual_seed(0)
-    shape = ClipShape(embed_dim=64, image_size=16, patch_size=8, vision_width=64, vision_layers=1,
-                      context_length=32, vocab_size=49408, text_width=64, text_layers=1)
-    path = tmp_path_factory.mktemp("clip") / "square_clip.pt"
-    torch.save(build_clip(shape, 32).state_dict(), path)
-    return path
+    return write_clip(tmp_path_factory.mktemp("clip") / "square_clip.pt", embed_dim=64)
 
 
 @pytest.mark.parametrize("cls", [ZeroShot, MeanP, SeqLSTM, SeqTransf, EERCF])
