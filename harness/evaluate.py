@@ -157,27 +157,49 @@ def rank_block(block: Tensor, q0: int, owners: Tensor, n_videos: int, direction:
 def top_k(scores: Tensor, k: int) -> Tensor:
     """(n, k) column indices of each row's k highest scores, ascending; among items tied with the k-th
     highest, those of lowest index (torch.topk leaves that choice unspecified)."""
+    return top_k_and_next(scores, k)[0]
+
+
+def top_k_and_next(scores: Tensor, k: int) -> tuple[Tensor, Tensor | None]:
+    """`top_k`, and each row's (k+1)-th highest score, (n, 1) (None when k is the row's length): the highest
+    score outside the k, whether tied with the k-th or not."""
+    n = scores.shape[1]
+    values, indices = scores.topk(min(k + 1, n), dim=1)
+    candidates = indices[:, :k].sort(dim=1).values
+    if k == n:
+        return candidates, None
+    crossing = (values[:, k - 1] == values[:, k]).nonzero()[:, 0]  # a tie across the k-th place (rare)
+    if len(crossing):
+        candidates[crossing] = lowest_index_top_k(scores[crossing], k)
+    return candidates, values[:, k:]
+
+
+def lowest_index_top_k(scores: Tensor, k: int) -> Tensor:
+    """`top_k` by counting: every item above the k-th highest score, then the tied ones of lowest index."""
     kth = scores.topk(k, dim=1).values[:, -1:]
     above = scores > kth
     tied = scores == kth
-    wanted = k - count_true(above, dim=1)  # how many of the tied items each row keeps
-    chosen = above | tied
-    crowded = (count_true(tied, dim=1) > wanted).nonzero()[:, 0]  # rows with more ties than places (rare)
-    if len(crowded):
-        first = tied[crowded].cumsum(dim=1) <= wanted[crowded].unsqueeze(1)
-        chosen[crowded] = above[crowded] | (tied[crowded] & first)
-    return chosen.nonzero()[:, 1].view(scores.shape[0], k)
+    first = tied.cumsum(dim=1) <= (k - count_true(above, dim=1)).unsqueeze(1)
+    return (above | (tied & first)).nonzero()[:, 1].view(scores.shape[0], k)
+
+
+GATHER_BYTES = 256 * 2**20  # features gathered for one fine-score call, at most
+
+
+def bytes_per_item(features: Features) -> int:
+    return sum(value[0].numel() * value.element_size() for value in features.values())
 
 
 @torch.no_grad()
 def fine_scores(method: Method, queries: Features, gallery: Features, candidates: Tensor, direction: str,
-                device: torch.device, mixed_precision: bool = False, pairs: int = 1024) -> Tensor:
+                device: torch.device, mixed_precision: bool = False, budget: int = GATHER_BYTES) -> Tensor:
     """(n, k) float64: `method.score` of query i with each of its candidates (gallery indices, (n, k)) and
     nothing else. The pairs are grouped by gallery item: each chosen item's features are gathered once, with
     the queries that chose it (a gallery item's features are the large ones: gathering them once per pair
     was most of the time). Items chosen by alike numbers of queries are scored together, that number padded
-    to a power of two, at most `pairs` pairs at a time."""
+    to a power of two, as many per call as `budget` bytes of gathered features allow."""
     n, k = candidates.shape
+    item_bytes, query_bytes = bytes_per_item(gallery), bytes_per_item(queries)
     flat = candidates.reshape(-1)
     order = torch.argsort(flat, stable=True)  # pair positions, grouped by gallery item
     items, counts = torch.unique_consecutive(flat[order], return_counts=True)
@@ -192,8 +214,9 @@ def fine_scores(method: Method, queries: Features, gallery: Features, candidates
     for bits in width.unique().tolist():
         group = (width == bits).nonzero()[:, 0]
         size = 2 ** bits
-        for g0 in range(0, len(group), max(1, pairs // size)):
-            part = group[g0 : g0 + max(1, pairs // size)]
+        per_call = max(1, budget // (item_bytes + size * query_bytes))
+        for g0 in range(0, len(group), per_call):
+            part = group[g0 : g0 + per_call]
             slots = torch.arange(size)
             filled = slots < counts[part].unsqueeze(1)
             # padding slots repeat the item's first pair; their scores are dropped
@@ -206,19 +229,19 @@ def fine_scores(method: Method, queries: Features, gallery: Features, candidates
 
 
 def rerank_block(method: Method, queries: Features, gallery: Features, block: Tensor, k: int, direction: str,
-                 chunk: int, device: torch.device, mixed_precision: bool = False) -> Tensor:
+                 device: torch.device, mixed_precision: bool = False) -> Tensor:
     """Coarse-to-fine retrieval of the queries of one block (rows: queries, columns: the gallery, coarse
     scores). Each query keeps its top-k gallery items by the coarse score; only those pairs get the fine
     score (`method.score`), and they are placed above every other item, which keeps its coarse order.
-    Returns the float64 block to rank; k fine scores per query are computed, up to `chunk` pairs at once."""
+    Returns the float64 block to rank; exactly k fine scores per query are computed (`fine_scores`)."""
+    k = min(k, block.shape[1])
+    # on the block as given (float32): the order and the values are the float64 copy's
+    candidates, highest_outside = top_k_and_next(block, k)
+    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision)
     scores = block.double()
-    k = min(k, scores.shape[1])
-    candidates = top_k(scores, k)
-    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision, pairs=chunk)
-    if k == scores.shape[1]:
+    if highest_outside is None:  # every item is a candidate
         return scores.scatter_(1, candidates, fine)
-    # the highest non-candidate score is the (k+1)-th highest score (tied with the k-th or not)
-    highest_outside = scores.topk(k + 1, dim=1).values[:, -1:]
+    highest_outside = highest_outside.double()
     # every non-candidate strictly below the lowest candidate, order kept (-inf: not returned by an index)
     shift = torch.where(highest_outside.isfinite(), highest_outside - fine.amin(dim=1, keepdim=True) + 1.0, 0.0)
     return scores.sub_(shift).scatter_(1, candidates, fine)  # the candidates' own shifted scores overwritten
@@ -329,7 +352,7 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
             coarse.append((q0, rank_block(block, q0, owners, n_videos, direction, v2t_convention)))
             if k is not None:
                 reranked = rerank_block(method, slice_features(queries, q0, q0 + block.shape[0]), gallery, block, k,
-                                        direction, chunk, device, mixed_precision)
+                                        direction, device, mixed_precision)
                 fine.append((q0, rank_block(reranked, q0, owners, n_videos, direction, v2t_convention)))
                 computed[direction] += block.shape[0] * min(k, block.shape[1])
         first[direction] = every_ranks_blocks(coarse)

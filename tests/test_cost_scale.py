@@ -52,7 +52,7 @@ def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
     cpu = torch.device("cpu")
     with torch.no_grad():  # the evaluation's path: the coarse matrix, then its rerank of each query's top 20
         coarse = score_in_chunks(method, text, video, 64, cpu, score_fn=method.coarse_score)
-        engine = rerank_block(method, text, video, coarse, 20, "t2v", 64, cpu)
+        engine = rerank_block(method, text, video, coarse, 20, "t2v", cpu)
         fine = method.score(text, video).double()
     assert torch.equal(top, engine.topk(10, dim=1).indices)
     for q in range(top.shape[0]):  # the ten returned are fine-scored candidates, in fine-score order

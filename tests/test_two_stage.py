@@ -88,3 +88,32 @@ def test_top_k_takes_the_lowest_indices_among_ties_at_the_kth_place():
     scores = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     assert top_k(scores, 3).tolist() == [[1, 2, 3], [0, 1, 2]]
     assert top_k(scores, 4).tolist() == [[1, 2, 3, 4], [0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_fine_scores_are_each_querys_own_candidates_whatever_the_gather_budget(direction):
+    from harness.evaluate import fine_scores
+
+    coarse, fine = planted(30, 12, seed=5, levels=3), planted(30, 12, seed=6, levels=7)
+    method = Toy(coarse, fine, 4)
+    text, video = {"i": torch.arange(30)}, {"j": torch.arange(12)}
+    queries, gallery, by_query = (text, video, fine) if direction == "t2v" else (video, text, fine.t())
+    candidates = top_k((coarse if direction == "t2v" else coarse.t()).double(), 4)  # items chosen by many queries
+    expected = by_query.double().gather(1, candidates)
+    for budget in (1, 64, 2**28):  # one item per call ... every item of a width in one call
+        assert torch.equal(fine_scores(method, queries, gallery, candidates, direction, CPU, budget=budget), expected)
+
+
+@pytest.mark.parametrize("levels", [2, 5, 10**6])  # many ties across the k-th place ... almost none
+def test_top_k_equals_choosing_by_counting_on_every_row(levels):
+    from harness.evaluate import lowest_index_top_k, top_k_and_next
+
+    scores = planted(200, 40, seed=levels, levels=levels)
+    for k in (1, 7, 39, 40):
+        candidates, following = top_k_and_next(scores, k)
+        assert torch.equal(candidates, lowest_index_top_k(scores, k))
+        if k < 40:  # the (k+1)-th highest score is the highest outside the k
+            outside = torch.ones_like(scores, dtype=torch.bool).scatter_(1, candidates, False)
+            assert torch.equal(following, scores.masked_fill(~outside, -torch.inf).amax(dim=1, keepdim=True))
+        else:
+            assert following is None

@@ -24,7 +24,7 @@ import torch
 
 from harness.data.text import tokenize
 from harness.errors import HarnessError
-from harness.evaluate import rerank_block
+from harness.evaluate import bytes_per_item, rerank_block
 from harness.method import Features, Method
 
 TOP = 10  # what one query returns
@@ -71,10 +71,6 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def bytes_per_item(features: Features) -> int:
-    return sum(value[0].numel() * value.element_size() for value in features.values())
-
-
 def repeated(features: Features, count: int) -> Features:
     return {name: value[:1].expand(count, *value.shape[1:]).contiguous() for name, value in features.items()}
 
@@ -110,7 +106,7 @@ def answer(method: Method, queries: Features, gallery: Features, chunk: int) -> 
     scores = torch.cat([score(queries, {n: v[start:start + chunk] for n, v in gallery.items()}).float()
                         for start in range(0, count, chunk)], dim=1)
     if k is not None:
-        scores = rerank_block(method, queries, gallery, scores, k, "t2v", chunk, torch.device("cpu"))
+        scores = rerank_block(method, queries, gallery, scores, k, "t2v", torch.device("cpu"))
     return scores.topk(min(TOP, count), dim=1).indices
 
 
