@@ -22,8 +22,8 @@ from harness.errors import HarnessError
 from harness.features import FeatureCache, method_identity
 from harness.index import IndexSpec
 from harness.method import Features, Method
-from harness.metrics import (MULTI_CAPTION_V2T, Ranking, concat_rankings, count_true, text_to_video,
-                             videos_against_captions)
+from harness.metrics import (MULTI_CAPTION_V2T, Ranking, concat_rankings, count_true, one_caption_per_video,
+                             text_to_video, videos_against_captions)
 
 
 def slice_features(features: Features, start: int, end: int) -> Features:
@@ -299,11 +299,6 @@ def every_ranks_blocks(blocks: list[tuple[int, Ranking]]) -> Ranking:
     return concat_rankings([ranking for _, ranking in sorted(merged, key=lambda item: item[0])])
 
 
-def square(owners: Tensor, n_videos: int) -> bool:
-    """One caption per video, caption i of video i (square and paragraph splits)."""
-    return len(owners) == n_videos and bool((owners == torch.arange(n_videos)).all())
-
-
 @torch.no_grad()
 def both_directions_in_one_pass(method: Method, text: Features, video: Features, owners: Tensor, chunk: int,
                                 device: torch.device, mixed_precision: bool = False) -> dict[str, Ranking]:
@@ -341,7 +336,7 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
     first: dict[str, Ranking] = {}
     second: dict[str, Ranking] = {}
     computed: dict[str, int] = {}
-    if k is None and index is None and set(directions) == {"t2v", "v2t"} and square(owners, n_videos):
+    if k is None and index is None and set(directions) == {"t2v", "v2t"} and one_caption_per_video(owners, n_videos):
         first = both_directions_in_one_pass(method, text, video, owners, chunk, device, mixed_precision)
         directions = ()
     for direction in directions:

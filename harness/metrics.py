@@ -53,6 +53,11 @@ def text_to_video(scores: Tensor, caption_video: Tensor) -> Ranking:
     return rank_of_ground_truth(scores, caption_video)
 
 
+def one_caption_per_video(caption_video: Tensor, n_videos: int) -> bool:
+    """Caption i belongs to video i and there is no other (square and paragraph splits)."""
+    return len(caption_video) == n_videos and bool((caption_video == torch.arange(n_videos)).all())
+
+
 def video_to_text(scores: Tensor, caption_video: Tensor, n_videos: int, convention: str = MULTI_CAPTION_V2T) -> Ranking:
     """Every video is a query.
 
@@ -68,8 +73,8 @@ def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Ten
                             convention: str = MULTI_CAPTION_V2T) -> Ranking:
     """`video_to_text` for some of the videos: by_video (len(videos), n_captions) holds their rows of S^T."""
     if convention == "max-over-captions":
-        if len(caption_video) == n_videos and bool((caption_video == torch.arange(n_videos)).all()):
-            return rank_of_ground_truth(by_video, videos)  # one caption per video, in order: groups = captions
+        if one_caption_per_video(caption_video, n_videos):
+            return rank_of_ground_truth(by_video, videos)  # groups = captions
         index = caption_video.unsqueeze(0).expand_as(by_video)
         grouped = torch.full((by_video.shape[0], n_videos), -torch.inf, dtype=by_video.dtype)
         grouped = grouped.scatter_reduce(1, index, by_video, reduce="amax", include_self=True)

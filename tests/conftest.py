@@ -111,3 +111,13 @@ def write_suite(tmp_path: Path, root: Path, clip: Path, methods: list[dict], epo
     path = tmp_path / f"suite-{len(list(tmp_path.glob('suite-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
+
+
+def rerank_row(row: torch.Tensor, candidates: torch.Tensor, fine: torch.Tensor) -> None:
+    """The per-query two-stage rule the engine's batched rerank replaced, in place on one float64 row: the
+    candidates take their fine scores, every other item is shifted below the lowest of them, its order kept."""
+    outside = torch.ones(row.shape[0], dtype=torch.bool)
+    outside[candidates] = False
+    if outside.any():
+        row[outside] -= row[outside].max() - fine.min() + 1.0
+    row[candidates] = fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import rerank_row
 from harness.evaluate import rank_features, top_k
 from harness.method import Method
 from harness.metrics import text_to_video, video_to_text
@@ -42,12 +43,7 @@ def reference(method: Toy, coarse: torch.Tensor, k: int, direction: str) -> torc
     candidates = torch.argsort(-scores, dim=1, stable=True)[:, :k]
     for q in range(scores.shape[0]):
         fine = (method.fine[:, q][candidates[q]] if direction == "v2t" else method.fine[q][candidates[q]]).double()
-        row = scores[q]
-        outside = torch.ones(row.shape[0], dtype=torch.bool)
-        outside[candidates[q]] = False
-        if outside.any():
-            row[outside] -= row[outside].max() - fine.min() + 1.0
-        row[candidates[q]] = fine
+        rerank_row(scores[q], candidates[q], fine)
     return scores.t() if direction == "v2t" else scores
 
 

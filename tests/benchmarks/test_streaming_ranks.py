@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
+from conftest import rerank_row
 from peak_memory import peak_memory_mib
 
 from harness.backbone import Backbone, build_clip
@@ -112,12 +113,7 @@ def per_query_two_stage(method, text, video, k: int) -> torch.Tensor:
         query = move_features(slice_features(text, q, q + 1), CPU)
         items = {name: value[candidates[q]] for name, value in video.items()}
         fine = method.score(query, items).reshape(-1).double()
-        row = scores[q]
-        outside = torch.ones(row.shape[0], dtype=torch.bool)
-        outside[candidates[q]] = False
-        if outside.any():
-            row[outside] -= row[outside].max() - fine.min() + 1.0
-        row[candidates[q]] = fine
+        rerank_row(scores[q], candidates[q], fine)
     target = scores.diagonal().unsqueeze(1)
     return (scores > target).sum(dim=1) + 1
 
