@@ -165,8 +165,12 @@ def _cost(args: argparse.Namespace) -> None:
     from harness.preflight import select_device
     from harness.suite import load_suite
 
-    suite = load_suite(args.suite)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    suite = load_suite(args.suite, methods=methods)
     galleries = parse_galleries(args.gallery) if args.gallery else []
+    scratch = Path(args.scratch) if args.scratch else None
+    if scratch is not None and not scratch.is_dir():
+        raise HarnessError(f"--scratch {scratch}: not a directory (create it, or give another).")
     output = Path(args.output) if args.output else None
     earlier = unfinished_record(output) if output is not None else None
 
@@ -175,7 +179,7 @@ def _cost(args: argparse.Namespace) -> None:
 
     cost = suite_cost(suite, select_device(suite.device), timing=not args.no_timing,
                       log=(lambda *_: None) if args.quiet else print, galleries=galleries, time_limit=args.time_limit,
-                      earlier=earlier, on_method=write if output is not None else None)
+                      scratch=scratch, earlier=earlier, on_method=write if output is not None else None)
     print(cost_table(cost))
     if galleries:
         print(scale_table(cost["methods"]))
@@ -368,6 +372,9 @@ def parser() -> argparse.ArgumentParser:
                                                         "of these sizes, e.g. 1e4,1e5,1e6: time and peak memory")
     cost.add_argument("--time-limit", type=float, default=120.0, metavar="S",
                       help="with --gallery: skip a size expected to take longer than S seconds (default 120)")
+    cost.add_argument("--scratch", metavar="DIR", help="with --gallery: a gallery too large for memory is written "
+                                                       "here and streamed from disk (removed after it is measured)")
+    cost.add_argument("--methods", help="comma-separated subset of the suite's methods, e.g. glscl,xpool")
     cost.add_argument("--quiet", action="store_true")
     cost.set_defaults(handler=_cost)
     data = commands.add_parser("data", help="check a suite's data on disk")

@@ -12,7 +12,7 @@ import torch
 from conftest import write_suite
 from harness.backbone import Backbone, load_clip
 from harness.cli import main
-from harness.cost.scale import answer, bytes_per_item, measure_scale, parse_galleries
+from harness.cost.scale import DiskGallery, MemoryGallery, answer, bytes_per_item, measure_scale, parse_galleries
 from harness.evaluate import rerank_block, score_in_chunks
 from methods.eercf import EERCF, EERCFParams
 from baselines.clip4clip import MeanP
@@ -39,7 +39,7 @@ def features(method, videos: int, texts: int, frames: int = 2):
 
 def test_answer_finds_the_top_items_of_the_full_matrix(meanp):
     text, video = features(meanp, 300, 5)
-    top = answer(meanp, text, video, chunk=64)
+    top = answer(meanp, text, MemoryGallery(video), chunk=64)
     full = meanp.score(text, video)
     assert torch.equal(full.gather(1, top), full.topk(10, dim=1).values)
 
@@ -48,7 +48,7 @@ def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
     torch.manual_seed(0)
     method = EERCF(Backbone(load_clip("auto", clip_file, 16)), EERCFParams(layers=1, candidates=20, frames=2)).eval()
     text, video = features(method, 60, 4)
-    top = answer(method, text, video, chunk=16)
+    top = answer(method, text, MemoryGallery(video), chunk=16)
     cpu = torch.device("cpu")
     with torch.no_grad():  # the evaluation's path: the coarse matrix, then its rerank of each query's top 20
         coarse = score_in_chunks(method, text, video, 64, cpu, score_fn=method.coarse_score)
@@ -57,6 +57,41 @@ def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
     assert torch.equal(top, engine.topk(10, dim=1).indices)
     for q in range(top.shape[0]):  # the ten returned are fine-scored candidates, in fine-score order
         assert torch.equal(fine[q, top[q]], fine[q, top[q]].sort(descending=True).values)
+
+
+def test_a_gallery_streamed_from_disk_answers_as_the_one_in_memory(meanp, clip_file, tmp_path):
+    text, video = features(meanp, 300, 5)
+    on_disk = DiskGallery(tmp_path, video, 300)
+    assert all(torch.equal(on_disk.chunk(250, 400)[n], v[250:]) for n, v in video.items())  # the last, short chunk
+    assert torch.equal(answer(meanp, text, on_disk, chunk=64), answer(meanp, text, MemoryGallery(video), chunk=64))
+
+    torch.manual_seed(0)  # a two-stage method gathers its candidates' features from the files
+    eercf = EERCF(Backbone(load_clip("auto", clip_file, 16)), EERCFParams(layers=1, candidates=20, frames=2)).eval()
+    text, video = features(eercf, 60, 4)
+    (tmp_path / "eercf").mkdir()
+    on_disk = DiskGallery(tmp_path / "eercf", video, 60)
+    assert torch.equal(answer(eercf, text, on_disk, chunk=16), answer(eercf, text, MemoryGallery(video), chunk=16))
+
+    repeated = DiskGallery(tmp_path / "eercf", {n: v[:7] for n, v in video.items()}, 20)  # 7 items, written 3 times
+    assert all(torch.equal(repeated.chunk(14, 20)[n], v[:6]) for n, v in video.items())
+
+
+def test_a_size_too_large_for_memory_is_streamed_from_a_scratch_directory(meanp, tmp_path):
+    _, video = features(meanp, 1, 1)
+    per_video = bytes_per_item(video)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    budget = 100 * per_video + 16 * 2000 * 12  # room for 2,000 queries' scores and one chunk, not for 2,000 videos
+    points = measure_scale(meanp, 2, 16, 16, [50, 2000], chunk=64, online_macs={}, memory_budget=budget,
+                           scratch=scratch)
+    assert [(p.status, p.storage) for p in points] == [("measured", "memory"), ("measured", "disk")]
+    assert points[1].one_query_s > 0 and points[1].peak_mib is not None
+    assert list(scratch.iterdir()) == []  # the gallery's files are removed once measured
+
+    full_disk = measure_scale(meanp, 2, 16, 16, [2000], chunk=64, online_macs={}, memory_budget=budget,
+                              scratch=scratch, disk_budget=1000 * per_video)
+    assert full_disk[0].status == "does not fit"
+    assert f"{2000 * per_video / 2**30:.1f} GiB > {1000 * per_video / 2**30:.1f} GiB free in {scratch}" in full_disk[0].reason
 
 
 def test_every_size_is_measured_or_says_why_not(meanp):
@@ -111,6 +146,11 @@ def test_cost_command_measures_galleries_and_the_report_shows_them(tmp_path, vat
     assert (run_dir / "report" / "report.html").read_text().count("<svg") >= 2  # the frontier and the scale plot
     assert main(["cost", str(suite), "--gallery", "1e4,many", "--quiet"]) == 2
     assert "'many' is not a gallery size" in capsys.readouterr().err
+    assert main(["cost", str(suite), "--gallery", "1e2", "--scratch", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert f"--scratch {tmp_path / 'nowhere'}: not a directory" in capsys.readouterr().err
+    one = tmp_path / "one.json"
+    assert main(["cost", str(suite), "--no-timing", "--methods", "xpool", "--output", str(one), "--quiet"]) == 0
+    assert list(json.loads(one.read_text())["methods"]) == ["xpool"]
 
 
 def test_an_interrupted_cost_measurement_keeps_each_finished_method_and_continues(tmp_path, vatex, tiny_clip,

@@ -48,9 +48,11 @@ def shape_backbone(suite: Suite) -> Backbone:
 
 
 def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=print, galleries: list[int] = (),
-               time_limit: float = 120.0, earlier: dict | None = None, on_method=None) -> dict:
+               time_limit: float = 120.0, scratch: Path | None = None, earlier: dict | None = None,
+               on_method=None) -> dict:
     """Every method of the suite counted (and timed), and with `galleries` its online cost measured at those
-    gallery sizes (harness/cost/scale.py). `earlier`: a record this function wrote before, unfinished; its
+    gallery sizes (harness/cost/scale.py; `scratch`: where a gallery too large for memory is streamed from).
+    `earlier`: a record this function wrote before, unfinished; its
     methods are kept when it was measured with the same settings (`same_settings`). `on_method(record)` is
     called after every method with the record so far, whose `pending` lists the methods still to measure
     (a measurement to 10^6 videos takes hours: what is done is written as it is done)."""
@@ -64,7 +66,7 @@ def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=prin
                            "similarity_matrix": f"{MATRIX_1KA} x {MATRIX_1KA} score stage (GLSCL Table I reading)",
                            "galleries": [MATRIX_1KA, *GALLERIES]},
               "settings": {"timing": timing, "scale_galleries": list(galleries), "time_limit_s": time_limit,
-                           "code_version": code_version()},
+                           "scratch": str(scratch) if scratch is not None else None, "code_version": code_version()},
               "environment": environment(device), "methods": {},
               "pending": [spec.name for spec in suite.methods]}
     kept = earlier["methods"] if earlier is not None and same_settings(earlier, record) else {}
@@ -88,7 +90,8 @@ def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=prin
         if galleries:
             log(f"measuring {spec.name} against galleries of {', '.join(f'{g:,}' for g in galleries)} videos ...")
             points = measure_scale(method, protocol.frames, protocol.words, size, list(galleries),
-                                   suite.evaluation.score_chunk, {g: cost.online(g) for g in galleries}, time_limit)
+                                   suite.evaluation.score_chunk, {g: cost.online(g) for g in galleries}, time_limit,
+                                   scratch=scratch)
             entry["scale"] = scale_record(points)
         methods[spec.name] = entry
         record["pending"].remove(spec.name)

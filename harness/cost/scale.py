@@ -7,19 +7,25 @@ to answer one text query (median of 3; the score against every gallery item in c
 per query when a batch of queries is answered at once; the peak memory of doing so beyond the stored
 features. Each size is measured in a child process, so that one method's memory does not colour the next
 and a size that would exhaust memory never runs: when the features (bytes per video x G) and the batch's
-scores exceed the memory budget, the size is reported as not fitting, with those figures. A size whose
-time, extrapolated linearly from the previous measured one (or from one chunk of the gallery, before the
-first), exceeds the time limit is reported as such instead of measured.
+scores exceed the memory budget, the features are written to a scratch directory, if one is given and has
+the room, and streamed from disk chunk by chunk (as a gallery larger than memory is searched); otherwise the
+size is reported as not fitting, with those figures. A size whose time, extrapolated linearly from the
+previous measured one (or from one chunk of the gallery, before the first), exceeds the time limit is
+reported as such instead of measured.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from harness.data.text import tokenize
@@ -38,6 +44,7 @@ class ScalePoint:
     bytes_per_video: int
     status: str  # "measured", "does not fit", "too slow"
     reason: str = ""
+    storage: str = "memory"  # where the gallery's features were held: "memory", or "disk" (streamed in chunks)
     one_query_s: float | None = None
     per_query_in_batch_s: float | None = None
     batch: int = BATCH
@@ -75,6 +82,51 @@ def repeated(features: Features, count: int) -> Features:
     return {name: value[:1].expand(count, *value.shape[1:]).contiguous() for name, value in features.items()}
 
 
+class MemoryGallery:
+    """Stored video features held in memory."""
+
+    def __init__(self, features: Features):
+        self.features = features
+        self.count = next(iter(features.values())).shape[0]
+
+    def chunk(self, start: int, end: int) -> Features:
+        return {name: value[start:end] for name, value in self.features.items()}
+
+    def items(self) -> Features:
+        return self.features
+
+
+class DiskGallery:
+    """Stored video features in files, one raw file per feature, read chunk by chunk: memory O(chunk) whatever
+    the gallery. `items()` maps the files (a two-stage method gathers its candidates from them)."""
+
+    def __init__(self, directory: Path, block: Features, count: int):
+        """`count` items written to `directory`: the items of `block`, repeated as often as needed."""
+        self.count, self.layout = count, {}
+        for name, value in block.items():
+            array = value.numpy()
+            path = directory / f"{name}.bin"
+            self.layout[name] = (path, array.dtype, array.shape[1:])
+            raw, item_bytes, per_block = array.tobytes(), array[0].nbytes, array.shape[0]
+            with open(path, "wb") as handle:
+                for start in range(0, count, per_block):
+                    handle.write(raw[: (min(start + per_block, count) - start) * item_bytes])
+
+    def chunk(self, start: int, end: int) -> Features:
+        parts, end = {}, min(end, self.count)
+        for name, (path, dtype, shape) in self.layout.items():
+            per_item = int(np.prod(shape, dtype=np.int64))
+            values = np.fromfile(path, dtype=dtype, count=(end - start) * per_item,
+                                 offset=start * per_item * dtype.itemsize)
+            parts[name] = torch.from_numpy(values).view(end - start, *shape)
+        return parts
+
+    def items(self) -> Features:
+        # copy-on-write maps: writable for torch, nothing written back; only the pages gathered are read
+        return {name: torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", shape=(self.count, *shape)))
+                for name, (path, dtype, shape) in self.layout.items()}
+
+
 def _status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as handle:
@@ -96,27 +148,33 @@ def _reset_peak() -> bool:
 
 
 @torch.no_grad()
-def answer(method: Method, queries: Features, gallery: Features, chunk: int) -> torch.Tensor:
+def answer(method: Method, queries: Features, gallery: MemoryGallery | DiskGallery, chunk: int) -> torch.Tensor:
     """The top items of the gallery for each query, as the engine finds them: the scores in chunks of
     `chunk` items; a two-stage method's coarse scores reranked by its fine score on the top k
     (harness.evaluate.rerank_block, batched as in an evaluation)."""
     k = method.candidates()
     score = method.coarse_score if k is not None else method.score
-    count = next(iter(gallery.values())).shape[0]
-    scores = torch.cat([score(queries, {n: v[start:start + chunk] for n, v in gallery.items()}).float()
-                        for start in range(0, count, chunk)], dim=1)
+    scores = torch.cat([score(queries, gallery.chunk(start, start + chunk)).float()
+                        for start in range(0, gallery.count, chunk)], dim=1)
     if k is not None:
-        scores = rerank_block(method, queries, gallery, scores, k, "t2v", torch.device("cpu"))
-    return scores.topk(min(TOP, count), dim=1).indices
+        scores = rerank_block(method, queries, gallery.items(), scores, k, "t2v", torch.device("cpu"))
+    return scores.topk(min(TOP, gallery.count), dim=1).indices
 
 
-def _measure(method: Method, video: Features, text: Features, gallery: int, chunk: int, pipe) -> None:
-    """Child process: build the gallery, time one query and a batch, report the peak memory beyond it."""
+def _measure(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
+             pipe) -> None:
+    """Child process: build the gallery (in memory, or with `scratch` on disk there), time one query and a
+    batch, report the peak memory beyond the stored features."""
+    directory = None
     try:
-        stored = repeated(video, gallery)
+        if scratch is None:
+            stored = MemoryGallery(repeated(video, gallery))
+        else:
+            directory = Path(tempfile.mkdtemp(prefix="harness-gallery-", dir=scratch))
+            stored = DiskGallery(directory, repeated(video, min(chunk, gallery)), gallery)
         queries = repeated(text, BATCH)
         one = {n: v[:1] for n, v in queries.items()}
-        answer(method, one, repeated(video, min(gallery, chunk)), chunk)  # warm-up
+        answer(method, one, MemoryGallery(repeated(video, min(gallery, chunk))), chunk)  # warm-up
         peak_known = _reset_peak()
         before = _status_kib("VmRSS")
         times = []
@@ -135,12 +193,15 @@ def _measure(method: Method, video: Features, text: Features, gallery: int, chun
         pipe.send({"error": f"{type(error).__name__}: {error}"})
     finally:
         pipe.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def measure_scale(method: Method, frames: int, words: int, size: int, galleries: list[int], chunk: int,
-                  online_macs: dict[int, float], time_limit: float = 120.0,
-                  memory_budget: int | None = None) -> list[ScalePoint]:
-    """One ScalePoint per gallery size, smallest first."""
+                  online_macs: dict[int, float], time_limit: float = 120.0, memory_budget: int | None = None,
+                  scratch: Path | None = None, disk_budget: int | None = None) -> list[ScalePoint]:
+    """One ScalePoint per gallery size, smallest first. `scratch`: a directory where a gallery too large for
+    memory is stored and streamed from (`disk_budget` bytes at most, default 90% of its free space)."""
     method.eval()
     with torch.no_grad():
         frame_mask = torch.ones(1, frames, dtype=torch.bool)
@@ -149,11 +210,13 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
         text = method.encode_text(tokens, token_mask)
     per_video = bytes_per_item(video)
     budget = memory_budget if memory_budget is not None else int(0.8 * available_bytes())
+    if scratch is not None and disk_budget is None:
+        disk_budget = int(0.9 * shutil.disk_usage(scratch).free)
     galleries = sorted(galleries)
 
-    def measured(gallery: int) -> ScalePoint:
-        point = ScalePoint(gallery, per_video, "measured", online_macs=online_macs.get(gallery))
-        result = _in_child(method, video, text, gallery, chunk, time_limit)
+    def measured(gallery: int, storage: str = "memory") -> ScalePoint:
+        point = ScalePoint(gallery, per_video, "measured", online_macs=online_macs.get(gallery), storage=storage)
+        result = _in_child(method, video, text, gallery, chunk, scratch if storage == "disk" else None, time_limit)
         if "error" in result:
             point.status, point.reason = "failed", result["error"]
         else:
@@ -167,31 +230,40 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
     points = []
     for gallery in galleries:
         # the stored features, plus each query's float32 scores and a two-stage method's float64 copy of them
-        needed = per_video * gallery + BATCH * gallery * 12
-        if needed > budget:
+        scores = BATCH * gallery * 12
+        needed = per_video * gallery + scores
+        # on disk, memory holds the scores and one chunk of features
+        streamed = scratch is not None and per_video * gallery <= disk_budget and \
+            scores + per_video * chunk <= budget
+        ratio = gallery / previous.gallery if previous is not None else 0.0
+        if needed > budget and not streamed:
             point = ScalePoint(gallery, per_video, "does not fit", online_macs=online_macs.get(gallery))
             point.reason = (f"{per_video:,} B per video x {gallery:,} videos + {BATCH} queries' scores = "
                             f"{needed / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available")
+            if scratch is not None:
+                point.reason += f", and {per_video * gallery / 2**30:.1f} GiB > {disk_budget / 2**30:.1f} GiB free in {scratch}"
         elif previous is not None and previous.status == "measured" and \
-                previous.one_query_s * (REPEATS + BATCH) * gallery / previous.gallery > time_limit:
-            expected = previous.one_query_s * gallery / previous.gallery
+                (previous.one_query_s * REPEATS + previous.per_query_in_batch_s * BATCH) * ratio > time_limit:
+            expected = previous.one_query_s * ratio
+            total = (previous.one_query_s * REPEATS + previous.per_query_in_batch_s * BATCH) * ratio
             point = ScalePoint(gallery, per_video, "too slow", online_macs=online_macs.get(gallery))
-            point.reason = (f"about {expected:.3g} s per query, {expected * (REPEATS + BATCH):.0f} s to measure "
+            point.reason = (f"about {expected:.3g} s per query, {total:.0f} s to measure "
                             f"(linear from {previous.gallery:,} videos): over the {time_limit:g} s limit")
         else:
-            point = measured(gallery)
+            point = measured(gallery, "disk" if needed > budget else "memory")
         points.append(point)
         if point.status == "measured":
             previous = point
     return points
 
 
-def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, time_limit: float) -> dict:
+def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
+              time_limit: float) -> dict:
     """`_measure` in a fresh process (spawn: a forked child would hang in its first multi-threaded OpenMP
     operation once the parent ran one)."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, send))
+    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, send))
     child.start()
     send.close()
     result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}
@@ -211,8 +283,9 @@ def scale_table(methods: dict[str, dict]) -> str:
             macs = f"{point['online_macs'] / 1e9:.4g}" if point["online_macs"] is not None else "-"
             if point["status"] == "measured":
                 peak = f"{point['peak_mib']:.0f}" if point["peak_mib"] is not None else "-"
+                note = "  features streamed from disk" if point.get("storage") == "disk" else ""
                 lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {point['one_query_s'] * 1e3:>8.2f}ms "
-                             f"{point['per_query_in_batch_s'] * 1e3:>8.2f}ms {peak:>9}")
+                             f"{point['per_query_in_batch_s'] * 1e3:>8.2f}ms {peak:>9}{note}")
             else:
                 lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {'-':>10} {'-':>10} {'-':>9}  "
                              f"{point['status']}: {point['reason']}")

@@ -85,7 +85,8 @@ def scale_rows(cost: dict | None) -> dict | None:
                          "one": f"{p['one_query_s'] * 1e3:.2f}" if measured else "",
                          "batch": f"{p['per_query_in_batch_s'] * 1e3:.2f}" if measured else "",
                          "peak": f"{p['peak_mib']:.0f}" if measured and p["peak_mib"] is not None else "",
-                         "note": "" if measured else f"{p['status']}: {p['reason']}"})
+                         "note": f"{p['status']}: {p['reason']}" if not measured else
+                         "features streamed from disk" if p.get("storage") == "disk" else ""})
     first = next(p for r in cost["methods"].values() for p in r.get("scale", []))
     return {"rows": rows, "batch": first["batch"], "device": cost.get("environment", {}).get("device_name", "")}
 
