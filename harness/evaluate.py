@@ -235,9 +235,14 @@ def rerank_block(method: Method, queries: Features, gallery: Features, block: Te
     score (`method.score`), and they are placed above every other item, which keeps its coarse order.
     Returns the float64 block to rank; exactly k fine scores per query are computed (`fine_scores`)."""
     k = min(k, block.shape[1])
-    # on the block as given (float32): the order and the values are the float64 copy's
     candidates, highest_outside = top_k_and_next(block, k)
     fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision)
+    return reranked(block, candidates, fine, highest_outside)
+
+
+def reranked(block: Tensor, candidates: Tensor, fine: Tensor, highest_outside: Tensor | None) -> Tensor:
+    """The float64 block with the candidates' fine scores, every other item shifted below the lowest of them."""
+    # on the block as given (float32): the order and the values are the float64 copy's
     scores = block.double()
     if highest_outside is None:  # every item is a candidate
         return scores.scatter_(1, candidates, fine)
@@ -245,6 +250,44 @@ def rerank_block(method: Method, queries: Features, gallery: Features, block: Te
     # every non-candidate strictly below the lowest candidate, order kept (-inf: not returned by an index)
     shift = torch.where(highest_outside.isfinite(), highest_outside - fine.amin(dim=1, keepdim=True) + 1.0, 0.0)
     return scores.sub_(shift).scatter_(1, candidates, fine)  # the candidates' own shifted scores overwritten
+
+
+def two_stage_ranking(method: Method, queries: Features, gallery: Features, block: Tensor, q0: int, k: int,
+                      coarse: Ranking, owners: Tensor, n_videos: int, direction: str, v2t_convention: str,
+                      device: torch.device, mixed_precision: bool = False) -> Ranking:
+    """The ranks of the block's queries after `rerank_block`. Where each query has one ground-truth item (t2v,
+    and v2t with one caption per video) they are counted from the candidates and the coarse stage's ranks
+    (`coarse`, of the same block), without building the reranked block: a ground truth among the candidates
+    is ranked among them by the fine score (every other item is below them all); one outside is below all k
+    candidates and then in coarse order among the rest."""
+    k = min(k, block.shape[1])
+    candidates, highest_outside = top_k_and_next(block, k)
+    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision)
+    queries_of_block = torch.arange(q0, q0 + block.shape[0])
+    if direction == "t2v":
+        truth = owners[queries_of_block]
+    elif one_caption_per_video(owners, n_videos):
+        truth = queries_of_block
+    else:  # a video against caption groups: rank the reranked block itself
+        return rank_block(reranked(block, candidates, fine, highest_outside), q0, owners, n_videos, direction,
+                          v2t_convention)
+    is_truth = candidates == truth.unsqueeze(1)
+    inside = is_truth.any(dim=1)
+    fine_truth = fine.gather(1, is_truth.to(torch.uint8).argmax(dim=1, keepdim=True))
+    above_inside = count_true(fine > fine_truth, dim=1)
+    equal_inside = count_true(fine == fine_truth, dim=1) - 1
+    coarse_truth = block.gather(1, truth.unsqueeze(1))
+    candidate_coarse = block.gather(1, candidates)
+    coarse_above = torch.from_numpy(coarse.ranks - 1).to(torch.int32)
+    above_outside = k + coarse_above - count_true(candidate_coarse > coarse_truth, dim=1)
+    # the coarse ties of the ground truth, counted only where the coarse stage saw one
+    coarse_equal = torch.zeros_like(coarse_above)
+    tied = torch.from_numpy(coarse.tied).nonzero()[:, 0]
+    coarse_equal[tied] = count_true(block[tied] == coarse_truth[tied], dim=1) - 1
+    equal_outside = coarse_equal - count_true(candidate_coarse == coarse_truth, dim=1)
+    above = torch.where(inside, above_inside, above_outside)
+    equal = torch.where(inside, equal_inside, equal_outside)
+    return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
 
 
 @dataclass
@@ -344,11 +387,12 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
         coarse, fine, computed[direction] = [], [], 0
         for q0, block in stage_blocks(method, text, video, direction, chunk, device, mixed_precision, index,
                                       recall):
-            coarse.append((q0, rank_block(block, q0, owners, n_videos, direction, v2t_convention)))
+            coarse_ranking = rank_block(block, q0, owners, n_videos, direction, v2t_convention)
+            coarse.append((q0, coarse_ranking))
             if k is not None:
-                reranked = rerank_block(method, slice_features(queries, q0, q0 + block.shape[0]), gallery, block, k,
-                                        direction, device, mixed_precision)
-                fine.append((q0, rank_block(reranked, q0, owners, n_videos, direction, v2t_convention)))
+                fine.append((q0, two_stage_ranking(method, slice_features(queries, q0, q0 + block.shape[0]), gallery,
+                                                   block, q0, k, coarse_ranking, owners, n_videos, direction,
+                                                   v2t_convention, device, mixed_precision)))
                 computed[direction] += block.shape[0] * min(k, block.shape[1])
         first[direction] = every_ranks_blocks(coarse)
         if k is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import rerank_row
-from harness.evaluate import rank_features, top_k
+from harness.evaluate import rank_block, rank_features, rerank_block, top_k, two_stage_ranking
 from harness.method import Method
 from harness.metrics import text_to_video, video_to_text
 
@@ -113,3 +113,28 @@ def test_top_k_equals_choosing_by_counting_on_every_row(levels):
             assert torch.equal(following, scores.masked_fill(~outside, -torch.inf).amax(dim=1, keepdim=True))
         else:
             assert following is None
+
+
+@pytest.mark.parametrize("depth", [2, 5, 9, 12])  # an index returning fewer items than k, about k, and all
+@pytest.mark.parametrize("direction", ["t2v", "v2t"])
+def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_ranks(direction, depth):
+    """The counting path (one ground truth per query) against ranking the reranked float64 block, with
+    planted ties and the -inf an index gives the items it does not return."""
+    n, k = 12, 5
+    coarse = planted(n, n, seed=depth, levels=3)
+    generator = torch.Generator().manual_seed(depth)
+    unreturned = torch.rand(n, n, generator=generator).argsort(dim=1) >= depth
+    coarse = coarse.masked_fill(unreturned, -torch.inf)
+    method = Toy(coarse if direction == "t2v" else coarse.t(), planted(n, n, seed=50 + depth, levels=3), k)
+    text, video = {"i": torch.arange(n)}, {"j": torch.arange(n)}
+    queries, gallery = (text, video) if direction == "t2v" else (video, text)
+    owners = torch.arange(n)
+    for q0, rows in ((0, slice(0, 7)), (7, slice(7, n))):
+        block = coarse[rows]
+        part = {name: value[rows] for name, value in queries.items()}
+        first = rank_block(block, q0, owners, n, direction, "max-over-captions")
+        counted = two_stage_ranking(method, part, gallery, block, q0, k, first, owners, n, direction,
+                                    "max-over-captions", CPU)
+        expected = rank_block(rerank_block(method, part, gallery, block, k, direction, CPU), q0, owners, n, direction,
+                              "max-over-captions")
+        assert counted.ranks.tolist() == expected.ranks.tolist() and counted.tied.tolist() == expected.tied.tolist()
