@@ -15,7 +15,7 @@ from torch import Tensor
 from harness import registry
 from harness.backbone import Backbone, load_clip, load_weights_strictly, read_state_dict
 from harness.errors import CheckpointError, SuiteError
-from harness.files import atomic_save
+from harness.files import atomic_torch_save
 from harness.method import Method
 from harness.suite import Suite, method_params
 from harness.synthetic_backbone import SYNTHETIC_ARCH, synthetic_checkpoint
@@ -86,5 +86,5 @@ def import_checkpoint(suite: Suite, name: str, path: str | Path, output: str | P
     method = build_method(suite, name, load_backbone(suite, Path(suite.cache_dir).expanduser(), quiet))
     load_checkpoint(method, path, "official")
     state = method.state_dict()
-    atomic_save(Path(output), lambda temporary: torch.save(state, temporary), "checkpoint")
+    atomic_torch_save(Path(output), state, "checkpoint")
     return len(state)

@@ -53,3 +53,13 @@ def atomic_save(path: Path, save: Callable[[Path], None], what: str = "file") ->
     """Write with a library's own saver (torch.save, np.savez) through a temporary file."""
     with atomic_output(path, what) as temporary:
         save(temporary)
+
+
+def atomic_torch_save(path: Path, obj, what: str = "file") -> None:
+    """torch.save through a temporary file, into an open handle: the archive then names no temporary file, so
+    the same tensors give the same bytes (a file's hash fingerprints the weights it holds)."""
+    import torch
+
+    with atomic_output(path, what) as temporary:
+        with open(temporary, "wb") as stream:
+            torch.save(obj, stream)

@@ -30,7 +30,7 @@ from harness.data.frames import FrameStore
 from harness.errors import HarnessError
 from harness.evaluate import StageRanks, evaluate_split
 from harness.features import FeatureCache
-from harness.files import atomic_save, atomic_write
+from harness.files import atomic_torch_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.interrupt import Interrupted, Stopped, signal_number
 from harness.method import Method
@@ -200,7 +200,7 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
     output = {"training": asdict(record), "checkpoint": str(checkpoint.relative_to(run_dir))}
     if distributed.is_main():
         state = method.state_dict()
-        atomic_save(checkpoint, lambda temporary: torch.save(state, temporary), "checkpoint")
+        atomic_torch_save(checkpoint, state, "checkpoint")
         atomic_write(stage_file, json.dumps({"fingerprint": fingerprint, "output": output}, indent=2), "stage record")
         state_file.unlink(missing_ok=True)  # optimizer moments and the best weights so far: no longer needed
     return output

@@ -17,7 +17,7 @@ from harness.backbone import ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
 from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
-from harness.files import atomic_save
+from harness.files import atomic_torch_save
 from harness.method import symmetric_cross_entropy
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
@@ -70,5 +70,5 @@ def synthetic_checkpoint(cache_dir: Path, seed: int, quiet: bool = False) -> Pat
     path = Path(cache_dir) / "backbones" / f"synthetic-small-v{VERSION}-seed{seed}.pt"
     if not path.exists():
         state = pretrain(seed, quiet)
-        atomic_save(path, lambda temporary: torch.save(state, temporary), "synthetic backbone")
+        atomic_torch_save(path, state, "synthetic backbone")
     return path

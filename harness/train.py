@@ -37,7 +37,7 @@ from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import decode, pad_frames, to_pixels
 from harness.errors import TrainingError
-from harness.files import atomic_save
+from harness.files import atomic_torch_save
 from harness.evaluate import autocast, evaluate_split
 from harness.method import Method
 from harness.metrics import summarize
@@ -274,7 +274,7 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
                          "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "ranks": ranks,
                          "best_state": best_state, "best_r1": best_r1, "best_epoch": best_epoch,
                          "history": record.history}
-                atomic_save(state_file, lambda temporary: torch.save(state, temporary), "training state")
+                atomic_torch_save(state_file, state, "training state")
     if best_state is not None:
         method.load_state_dict(best_state)
         record.best_epoch, record.best_validation_r1 = best_epoch, best_r1

@@ -77,3 +77,14 @@ def test_a_checkpoint_of_another_method_is_refused(files):
     result = harness_cli("import-checkpoint", str(files / "xpool_official.pth"), "--method", "zeroshot",
                          "--suite", str(files / "suite.yaml"), "--output", str(files / "z.pt"), "--quiet")
     assert result.returncode == 2 and "keys unknown to zeroshot: pool_frames." in result.stderr
+
+
+def test_the_same_tensors_saved_twice_are_the_same_bytes(tmp_path):
+    """Files are fingerprinted by their hash: the temporary file a save goes through leaves no trace in them."""
+    from harness.files import atomic_torch_save
+
+    state = {"weight": torch.arange(6.0).view(2, 3)}
+    atomic_torch_save(tmp_path / "a.pt", state)
+    atomic_torch_save(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["weight"], state["weight"])
