@@ -154,8 +154,9 @@ def answer(method: Method, queries: Features, gallery: MemoryGallery | DiskGalle
     (harness.evaluate.rerank_block, batched as in an evaluation)."""
     k = method.candidates()
     score = method.coarse_score if k is not None else method.score
-    scores = torch.cat([score(queries, gallery.chunk(start, start + chunk)).float()
-                        for start in range(0, gallery.count, chunk)], dim=1)
+    scores = torch.empty(next(iter(queries.values())).shape[0], gallery.count)
+    for start in range(0, gallery.count, chunk):  # filled in place: no chunk's score (or what it views) is kept
+        scores[:, start : start + chunk] = score(queries, gallery.chunk(start, start + chunk))
     if k is not None:
         scores = rerank_block(method, queries, gallery.items(), scores, k, "t2v", torch.device("cpu"))
     return scores.topk(min(TOP, gallery.count), dim=1).indices
