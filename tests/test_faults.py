@@ -253,8 +253,10 @@ def test_a_signal_during_training_keeps_the_finished_method_and_prints_how_to_co
         tmp_path, vatex, tiny_clip, signum):
     suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}], epochs=SIGNAL_EPOCHS)
     run_dir = tmp_path / "run"
+    # Ctrl-C as a terminal delivers it: a job started in the background inherits SIGINT ignored (so would the run)
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--output", str(run_dir),
-                                "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = run_dir / "checkpoints" / "clip4clip-meanp.train-state.pt"  # rewritten after every epoch
     deadline = time.time() + 120
     while not state.exists() and time.time() < deadline and process.poll() is None:  # the second method training
