@@ -252,42 +252,91 @@ def reranked(block: Tensor, candidates: Tensor, fine: Tensor, highest_outside: T
     return scores.sub_(shift).scatter_(1, candidates, fine)  # the candidates' own shifted scores overwritten
 
 
-def two_stage_ranking(method: Method, queries: Features, gallery: Features, block: Tensor, q0: int, k: int,
-                      coarse: Ranking, owners: Tensor, n_videos: int, direction: str, v2t_convention: str,
-                      device: torch.device, mixed_precision: bool = False) -> Ranking:
-    """The ranks of the block's queries after `rerank_block`. Where each query has one ground-truth item (t2v,
-    and v2t with one caption per video) they are counted from the candidates and the coarse stage's ranks
-    (`coarse`, of the same block), without building the reranked block: a ground truth among the candidates
-    is ranked among them by the fine score (every other item is below them all); one outside is below all k
-    candidates and then in coarse order among the rest."""
-    k = min(k, block.shape[1])
-    candidates, highest_outside = top_k_and_next(block, k)
-    fine = fine_scores(method, queries, gallery, candidates, direction, device, mixed_precision)
-    queries_of_block = torch.arange(q0, q0 + block.shape[0])
-    if direction == "t2v":
-        truth = owners[queries_of_block]
-    elif one_caption_per_video(owners, n_videos):
-        truth = queries_of_block
-    else:  # a video against caption groups: rank the reranked block itself
-        return rank_block(reranked(block, candidates, fine, highest_outside), q0, owners, n_videos, direction,
-                          v2t_convention)
-    is_truth = candidates == truth.unsqueeze(1)
-    inside = is_truth.any(dim=1)
-    fine_truth = fine.gather(1, is_truth.to(torch.uint8).argmax(dim=1, keepdim=True))
-    above_inside = count_true(fine > fine_truth, dim=1)
-    equal_inside = count_true(fine == fine_truth, dim=1) - 1
-    coarse_truth = block.gather(1, truth.unsqueeze(1))
-    candidate_coarse = block.gather(1, candidates)
-    coarse_above = torch.from_numpy(coarse.ranks - 1).to(torch.int32)
-    above_outside = k + coarse_above - count_true(candidate_coarse > coarse_truth, dim=1)
-    # the coarse ties of the ground truth, counted only where the coarse stage saw one
-    coarse_equal = torch.zeros_like(coarse_above)
-    tied = torch.from_numpy(coarse.tied).nonzero()[:, 0]
-    coarse_equal[tied] = count_true(block[tied] == coarse_truth[tied], dim=1) - 1
-    equal_outside = coarse_equal - count_true(candidate_coarse == coarse_truth, dim=1)
-    above = torch.where(inside, above_inside, above_outside)
-    equal = torch.where(inside, equal_inside, equal_outside)
-    return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
+FINE_BATCH = 8192  # queries whose candidates are fine-scored in one `fine_scores` call, at most
+
+
+@dataclass
+class WaitingBlock:
+    """A query block whose coarse stage is done and whose candidates wait for their fine scores: what its
+    two-stage ranks need from the coarse block, which is not kept (one ground truth per query)."""
+
+    q0: int
+    candidates: Tensor  # (n, k) gallery indices
+    is_truth: Tensor  # (n, k) bool: the candidate is the query's ground truth
+    above_outside: Tensor  # (n,) items above a ground truth that is not a candidate: the k, then coarse order
+    equal_outside: Tensor  # (n,) items tied with it
+
+
+class TwoStageRanker:
+    """The two-stage ranks (after `rerank_block`) of one direction's query blocks, given one at a time with
+    their coarse scores. Where each query has one ground truth (t2v, and v2t with one caption per video) the
+    ranks are counted from the candidates and the coarse stage's ranks, without building the reranked block:
+    a ground truth among the candidates is ranked among them by the fine score (every other item is below
+    them all); one outside is below all k and then in coarse order among the rest. Those blocks' candidates
+    are fine-scored together, up to `fine_batch` queries per call: a gallery item chosen by more queries is
+    gathered once for all of them (EERCF, 5,000 queries: a third less time in one call than in calls of 1,024).
+    A video against caption groups ranks its reranked block itself, block by block."""
+
+    def __init__(self, method: Method, queries: Features, gallery: Features, k: int, owners: Tensor,
+                 n_videos: int, direction: str, v2t_convention: str, device: torch.device,
+                 mixed_precision: bool = False, fine_batch: int = FINE_BATCH):
+        self.method, self.queries, self.gallery, self.k = method, queries, gallery, min(k, count(gallery))
+        self.owners, self.n_videos, self.direction, self.v2t_convention = owners, n_videos, direction, v2t_convention
+        self.device, self.mixed_precision, self.fine_batch = device, mixed_precision, fine_batch
+        self.counted = direction == "t2v" or one_caption_per_video(owners, n_videos)
+        self.waiting: list[WaitingBlock] = []
+
+    def add(self, q0: int, block: Tensor, coarse: Ranking) -> list[tuple[int, Ranking]]:
+        """Take block q0.. (its coarse scores and the coarse stage's `coarse` ranks); returns the blocks
+        whose two-stage ranks are now known."""
+        queries = slice_features(self.queries, q0, q0 + block.shape[0])
+        if not self.counted:
+            reranked_block = rerank_block(self.method, queries, self.gallery, block, self.k, self.direction,
+                                          self.device, self.mixed_precision)
+            return [(q0, rank_block(reranked_block, q0, self.owners, self.n_videos, self.direction,
+                                    self.v2t_convention))]
+        self.waiting.append(self.wait(q0, block, coarse))
+        if sum(len(waiting.candidates) for waiting in self.waiting) < self.fine_batch:
+            return []
+        return self.finish()
+
+    def wait(self, q0: int, block: Tensor, coarse: Ranking) -> WaitingBlock:
+        candidates, _ = top_k_and_next(block, self.k)
+        queries_of_block = torch.arange(q0, q0 + block.shape[0])
+        truth = self.owners[queries_of_block] if self.direction == "t2v" else queries_of_block
+        coarse_truth = block.gather(1, truth.unsqueeze(1))
+        candidate_coarse = block.gather(1, candidates)
+        coarse_above = torch.from_numpy(coarse.ranks - 1).to(torch.int32)
+        # the coarse ties of the ground truth, counted only where the coarse stage saw one
+        coarse_equal = torch.zeros_like(coarse_above)
+        tied = torch.from_numpy(coarse.tied).nonzero()[:, 0]
+        coarse_equal[tied] = count_true(block[tied] == coarse_truth[tied], dim=1) - 1
+        return WaitingBlock(q0, candidates, candidates == truth.unsqueeze(1),
+                            self.k + coarse_above - count_true(candidate_coarse > coarse_truth, dim=1),
+                            coarse_equal - count_true(candidate_coarse == coarse_truth, dim=1))
+
+    def finish(self) -> list[tuple[int, Ranking]]:
+        """The ranks of every waiting block, their candidates fine-scored in one call."""
+        if not self.waiting:
+            return []
+        rows = torch.cat([torch.arange(w.q0, w.q0 + len(w.candidates)) for w in self.waiting])
+        fine = fine_scores(self.method, take(self.queries, rows), self.gallery,
+                           torch.cat([w.candidates for w in self.waiting]), self.direction, self.device,
+                           self.mixed_precision)
+        done, start = [], 0
+        for waiting in self.waiting:
+            block_fine, start = fine[start : start + len(waiting.candidates)], start + len(waiting.candidates)
+            done.append((waiting.q0, self.counted_ranks(waiting, block_fine)))
+        self.waiting = []
+        return done
+
+    @staticmethod
+    def counted_ranks(waiting: WaitingBlock, fine: Tensor) -> Ranking:
+        inside = waiting.is_truth.any(dim=1)
+        fine_truth = fine.gather(1, waiting.is_truth.to(torch.uint8).argmax(dim=1, keepdim=True))
+        above = torch.where(inside, count_true(fine > fine_truth, dim=1), waiting.above_outside)
+        equal = torch.where(inside, count_true(fine == fine_truth, dim=1) - 1, waiting.equal_outside)
+        return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
 
 
 @dataclass
@@ -385,17 +434,18 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
     for direction in directions:
         queries, gallery = sides(text, video, direction)
         coarse, fine, computed[direction] = [], [], 0
+        ranker = None if k is None else TwoStageRanker(method, queries, gallery, k, owners, n_videos, direction,
+                                                       v2t_convention, device, mixed_precision)
         for q0, block in stage_blocks(method, text, video, direction, chunk, device, mixed_precision, index,
                                       recall):
             coarse_ranking = rank_block(block, q0, owners, n_videos, direction, v2t_convention)
             coarse.append((q0, coarse_ranking))
-            if k is not None:
-                fine.append((q0, two_stage_ranking(method, slice_features(queries, q0, q0 + block.shape[0]), gallery,
-                                                   block, q0, k, coarse_ranking, owners, n_videos, direction,
-                                                   v2t_convention, device, mixed_precision)))
-                computed[direction] += block.shape[0] * min(k, block.shape[1])
+            if ranker is not None:
+                fine.extend(ranker.add(q0, block, coarse_ranking))
+                computed[direction] += block.shape[0] * ranker.k
         first[direction] = every_ranks_blocks(coarse)
-        if k is not None:
+        if ranker is not None:
+            fine.extend(ranker.finish())
             second[direction] = every_ranks_blocks(fine)
             computed[direction] = sum(distributed.gather_objects(computed[direction]))
     pairs, kind = count(text) * n_videos, index.kind if index is not None else None

@@ -23,7 +23,7 @@ from harness.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 from harness.evaluate import rerank_block
 from methods.eercf import EERCF, EERCFParams
-from methods.eercf.scores import pearson_constraint
+from methods.eercf.scores import frame_softmax, pearson_constraint
 
 GOLDEN = load_golden("eercf_golden.pt")
 OFFICIAL = read_state_dict(GOLDEN_DIR / "eercf_official_state_dict.pt")
@@ -103,6 +103,17 @@ def test_two_stage_ranking_equals_the_official_rule_for_every_k(official, featur
                             device=torch.device("cpu"))
     expected = official_rule(k)
     assert torch.equal(torch.argsort(ours, dim=1, descending=True), torch.argsort(expected, dim=1, descending=True))
+
+
+def test_frame_softmax_is_softmax_over_the_last_dimension_values_and_gradients():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 5, 12, dtype=torch.float64) * 40).requires_grad_()  # cosines / 0.01: large logits
+    weights = torch.randn(4, 5, 12, dtype=torch.float64)
+    ours, reference = frame_softmax(x), x.softmax(dim=-1)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-15)
+    (ours_grad,) = torch.autograd.grad((ours * weights).sum(), x)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-12)
 
 
 def test_pearson_constraint_by_hand():

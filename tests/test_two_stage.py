@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import rerank_row
-from harness.evaluate import rank_block, rank_features, rerank_block, top_k, two_stage_ranking
+from harness.evaluate import TwoStageRanker, rank_block, rank_features, rerank_block, top_k
 from harness.method import Method
 from harness.metrics import text_to_video, video_to_text
 
@@ -115,11 +115,13 @@ def test_top_k_equals_choosing_by_counting_on_every_row(levels):
             assert following is None
 
 
+@pytest.mark.parametrize("fine_batch", [1, 100])  # each block's candidates fine-scored alone, or both blocks'
 @pytest.mark.parametrize("depth", [2, 5, 9, 12])  # an index returning fewer items than k, about k, and all
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
-def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_ranks(direction, depth):
+def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_ranks(direction, depth, fine_batch):
     """The counting path (one ground truth per query) against ranking the reranked float64 block, with
-    planted ties and the -inf an index gives the items it does not return."""
+    planted ties and the -inf an index gives the items it does not return; the blocks' candidates
+    fine-scored block by block or together."""
     n, k = 12, 5
     coarse = planted(n, n, seed=depth, levels=3)
     generator = torch.Generator().manual_seed(depth)
@@ -129,12 +131,18 @@ def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_r
     text, video = {"i": torch.arange(n)}, {"j": torch.arange(n)}
     queries, gallery = (text, video) if direction == "t2v" else (video, text)
     owners = torch.arange(n)
+    ranker = TwoStageRanker(method, queries, gallery, k, owners, n, direction, "max-over-captions", CPU,
+                            fine_batch=fine_batch)
+    counted, expected = [], []
     for q0, rows in ((0, slice(0, 7)), (7, slice(7, n))):
         block = coarse[rows]
         part = {name: value[rows] for name, value in queries.items()}
-        first = rank_block(block, q0, owners, n, direction, "max-over-captions")
-        counted = two_stage_ranking(method, part, gallery, block, q0, k, first, owners, n, direction,
-                                    "max-over-captions", CPU)
-        expected = rank_block(rerank_block(method, part, gallery, block, k, direction, CPU), q0, owners, n, direction,
-                              "max-over-captions")
-        assert counted.ranks.tolist() == expected.ranks.tolist() and counted.tied.tolist() == expected.tied.tolist()
+        done = ranker.add(q0, block, rank_block(block, q0, owners, n, direction, "max-over-captions"))
+        assert len(done) == (1 if fine_batch == 1 else 0)  # a block waits until fine_batch queries are in
+        counted += done
+        expected.append(rank_block(rerank_block(method, part, gallery, block, k, direction, CPU), q0, owners, n,
+                                   direction, "max-over-captions"))
+    counted += ranker.finish()
+    assert [q0 for q0, _ in counted] == [0, 7]
+    for (_, ranking), reference in zip(counted, expected):
+        assert ranking.ranks.tolist() == reference.ranks.tolist() and ranking.tied.tolist() == reference.tied.tolist()

@@ -16,10 +16,18 @@ SHARP = 0.01  # softmax temperature of the weak scores
 GATE = 0.1  # softmax temperature of the text-gated block over frames
 
 
+def frame_softmax(x: Tensor) -> Tensor:
+    """softmax over the last dimension, the T frames, written out (shift by the maximum, exponentiate,
+    normalise): torch's CPU kernel is several times slower over a last dimension shorter than its vector
+    width, as T (6 to 12) is; the shift is a constant to autograd, as in softmax."""
+    shifted = (x - x.amax(dim=-1, keepdim=True).detach()).exp()
+    return shifted / shifted.sum(dim=-1, keepdim=True)
+
+
 def weak_frame(t: Tensor, f: Tensor, frame_weight: Tensor) -> Tensor:
     """sum_f c_f [softmax_f(c / 0.01) W_f]_f with c_f = <t, f_f>; W_f (T, T), identity at initialisation."""
     c = torch.einsum("ad,bfd->abf", t, f)
-    return (c * ((c / SHARP).softmax(dim=-1) @ frame_weight)).sum(dim=-1)
+    return (c * (frame_softmax(c / SHARP) @ frame_weight)).sum(dim=-1)
 
 
 def weak_patch(t: Tensor, p: Tensor) -> Tensor:
@@ -31,7 +39,7 @@ def weak_patch(t: Tensor, p: Tensor) -> Tensor:
 def strong_frame(t: Tensor, f: Tensor, u: Tensor) -> Tensor:
     """Text-gated block at test time: the query text gates each video's frames,
     g = softmax_f(<t, f_f> / 0.1), and s = <t, normalise(sum_f g_f u_f)>."""
-    gate = (torch.einsum("ad,bfd->abf", t, f) / GATE).softmax(dim=-1)
+    gate = frame_softmax(torch.einsum("ad,bfd->abf", t, f) / GATE)
     return torch.einsum("ad,abd->ab", t, F.normalize(torch.einsum("abf,bfd->abd", gate, u), dim=-1))
 
 
