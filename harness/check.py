@@ -84,25 +84,48 @@ def baseline_rows(run: Run) -> list[dict]:
     return rows
 
 
+def numeric_environment(results: dict) -> dict:
+    """What a run's numbers depend on beyond the code and the seed: the device and, for work on the CPU
+    (the synthetic suite trains there), the torch version, its thread count and its vector kernels, which
+    split and round float32 reductions differently."""
+    environment = results.get("environment", {})
+    return {"device": environment.get("device"), "device_name": environment.get("device_name"),
+            "torch": environment.get("packages", {}).get("torch"), "torch_threads": environment.get("torch_threads"),
+            "cpu_capability": environment.get("cpu_capability")}
+
+
 def write_baseline(run: Run, path: Path) -> Path:
     suite = run.results.get("suite", {})
     atomic_write(path, json.dumps({
         "suite": suite.get("name"), "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "from_run": run.folder.name, "code_version": run.results.get("code_version"),
-        "rows": baseline_rows(run)}, indent=2) + "\n")
+        "environment": numeric_environment(run.results), "rows": baseline_rows(run)}, indent=2) + "\n")
     return path
 
 
-def compare_with_baseline(run: Run, baseline_file: Path, tolerances: dict[str, Tolerance]) -> pd.DataFrame:
+def read_baseline(baseline_file: Path) -> dict:
     try:
-        baseline = json.loads(Path(baseline_file).read_text())["rows"]
+        baseline = json.loads(Path(baseline_file).read_text())
+        if not isinstance(baseline["rows"], list):
+            raise TypeError("'rows' is not a list")
     except FileNotFoundError:
         raise HarnessError(f"{baseline_file}: baseline not found; write one with `harness check RESULTS "
                            f"--write-baseline {baseline_file}`.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise HarnessError(f"{baseline_file}: not a harness baseline ({error}).") from None
+    return baseline
+
+
+def environment_changes(run: Run, baseline: dict) -> list[str]:
+    """`name: baseline's -> run's` for each part of `numeric_environment` that differs (none where the
+    baseline predates recording it)."""
+    then, now = baseline.get("environment", {}), numeric_environment(run.results)
+    return [f"{name}: {then[name]} -> {now[name]}" for name in now if name in then and then[name] != now[name]]
+
+
+def compare_with_baseline(run: Run, baseline: dict, tolerances: dict[str, Tolerance]) -> pd.DataFrame:
     now = {row_key(r): r for r in baseline_rows(run)}
-    then = {row_key(r): r for r in baseline}
+    then = {row_key(r): r for r in baseline["rows"]}
     lines = []
     for key, old in then.items():
         new = now.get(key)

@@ -246,13 +246,21 @@ def _check(args: argparse.Namespace) -> int:
         return 0
     if args.against is None:
         raise HarnessError("harness check: give --against BASELINE.json (or 'reported'), or --write-baseline PATH.")
+    changes = []
     if args.against == "reported":
         tolerances = check.parse_tolerances(args.tolerance, check.REPORTED_TOLERANCES)
         lines = check.compare_with_reported(run, tolerances, Path(args.reported) if args.reported else None)
     else:
         tolerances = check.parse_tolerances(args.tolerance, check.BASELINE_TOLERANCES)
-        lines = check.compare_with_baseline(run, Path(args.against), tolerances)
+        baseline = check.read_baseline(Path(args.against))
+        lines = check.compare_with_baseline(run, baseline, tolerances)
+        changes = check.environment_changes(run, baseline)
     print(check.summary(lines))
+    if changes:
+        print(f"the baseline was written under another environment ({'; '.join(changes)}): what is trained or "
+              "scored on the CPU moves with the thread count and vector kernels, so a move may come from that, "
+              "not from the code; compare runs made alike, or write a baseline on this machine from the "
+              "unchanged code first.")
     if check.failed(lines):
         print("check FAILED")
         return 1
