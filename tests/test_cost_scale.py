@@ -12,7 +12,8 @@ import torch
 from conftest import write_suite
 from harness.backbone import Backbone, load_clip
 from harness.cli import main
-from harness.cost.scale import DiskGallery, MemoryGallery, answer, bytes_per_item, measure_scale, parse_galleries
+from harness.cost.scale import (DiskGallery, MemoryGallery, answer, bytes_per_item, measure_scale, parse_galleries,
+                                scale_record, scale_table)
 from harness.evaluate import rerank_block, score_in_chunks
 from methods.eercf import EERCF, EERCFParams
 from baselines.clip4clip import MeanP
@@ -113,6 +114,27 @@ def test_every_size_is_measured_or_says_why_not(meanp):
     # a first size far beyond one chunk: judged from one chunk's time, not measured blind
     blind = measure_scale(meanp, 2, 16, 16, [10**7], chunk=512, online_macs={}, time_limit=1e-3)
     assert blind[0].status == "too slow" and "linear from 512 videos" in blind[0].reason
+
+
+def test_a_size_whose_batch_is_over_the_limit_times_one_query_once(meanp, monkeypatch):
+    """Linear times (1 ms per 100 videos a query, in a batch too): at 10^4 the full measurement (3 queries
+    and a batch of 16) would take 19 x 0.1 s, over a 1 s limit; one query, 0.1 s, is within it."""
+    asked = []
+
+    def timed(method, video, text, gallery, chunk, scratch, repeats, with_batch, time_limit):
+        asked.append((gallery, repeats, with_batch))
+        return {"one_query_s": gallery * 1e-5, "per_query_in_batch_s": gallery * 1e-5 if with_batch else None,
+                "peak_mib": 1.0}
+
+    monkeypatch.setattr("harness.cost.scale._in_child", timed)
+    points = measure_scale(meanp, 2, 16, 16, [1000, 10**4, 10**6], chunk=512, online_macs={}, time_limit=1.0)
+    assert asked == [(512, 3, True), (1000, 3, True), (10**4, 1, False)]  # 10^6: 10 s a query, not even once
+    assert [p.status for p in points] == ["measured", "measured", "too slow"]
+    assert points[1].one_query_s == pytest.approx(0.1) and points[1].per_query_in_batch_s is None
+    assert points[1].reason == "one query timed once, no batch: 2 s to measure (linear from 1,000 videos) over the 1 s limit"
+    assert "about 10 s per query, 190 s to measure (linear from 10,000 videos)" in points[2].reason
+    table = scale_table({"meanp": {"scale": scale_record(points)}})
+    assert "100.00ms" in table and "one query timed once, no batch" in table
 
 
 def test_gallery_sizes_parse_or_fail_clearly():

@@ -163,9 +163,10 @@ def answer(method: Method, queries: Features, gallery: MemoryGallery | DiskGalle
 
 
 def _measure(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
-             pipe) -> None:
-    """Child process: build the gallery (in memory, or with `scratch` on disk there), time one query and a
-    batch, report the peak memory beyond the stored features."""
+             repeats: int, with_batch: bool, pipe) -> None:
+    """Child process: build the gallery (in memory, or with `scratch` on disk there), time one query
+    (`repeats` times, the median kept) and, `with_batch`, a batch; report the peak memory beyond the stored
+    features."""
     directory = None
     try:
         if scratch is None:
@@ -179,14 +180,15 @@ def _measure(method: Method, video: Features, text: Features, gallery: int, chun
         peak_known = _reset_peak()
         before = _status_kib("VmRSS")
         times = []
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             start = time.perf_counter()
             answer(method, one, stored, chunk)
             times.append(time.perf_counter() - start)
-        one_query = statistics.median(times)
-        start = time.perf_counter()
-        answer(method, queries, stored, chunk)
-        batch = (time.perf_counter() - start) / BATCH
+        one_query, batch = statistics.median(times), None
+        if with_batch:
+            start = time.perf_counter()
+            answer(method, queries, stored, chunk)
+            batch = (time.perf_counter() - start) / BATCH
         after = _status_kib("VmHWM")
         peak = (after - before) / 1024 if peak_known and before is not None and after is not None else None
         pipe.send({"one_query_s": one_query, "per_query_in_batch_s": batch, "peak_mib": peak})
@@ -215,9 +217,10 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
         disk_budget = int(0.9 * shutil.disk_usage(scratch).free)
     galleries = sorted(galleries)
 
-    def measured(gallery: int, storage: str = "memory") -> ScalePoint:
+    def measured(gallery: int, storage: str = "memory", repeats: int = REPEATS, with_batch: bool = True) -> ScalePoint:
         point = ScalePoint(gallery, per_video, "measured", online_macs=online_macs.get(gallery), storage=storage)
-        result = _in_child(method, video, text, gallery, chunk, scratch if storage == "disk" else None, time_limit)
+        result = _in_child(method, video, text, gallery, chunk, scratch if storage == "disk" else None, repeats,
+                           with_batch, time_limit)
         if "error" in result:
             point.status, point.reason = "failed", result["error"]
         else:
@@ -243,13 +246,16 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
                             f"{needed / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB available")
             if scratch is not None:
                 point.reason += f", and {per_video * gallery / 2**30:.1f} GiB > {disk_budget / 2**30:.1f} GiB free in {scratch}"
-        elif previous is not None and previous.status == "measured" and \
-                (previous.one_query_s * REPEATS + previous.per_query_in_batch_s * BATCH) * ratio > time_limit:
-            expected = previous.one_query_s * ratio
-            total = (previous.one_query_s * REPEATS + previous.per_query_in_batch_s * BATCH) * ratio
-            point = ScalePoint(gallery, per_video, "too slow", online_macs=online_macs.get(gallery))
-            point.reason = (f"about {expected:.3g} s per query, {total:.0f} s to measure "
-                            f"(linear from {previous.gallery:,} videos): over the {time_limit:g} s limit")
+        elif previous is not None and previous.status == "measured" and measuring_s(previous) * ratio > time_limit:
+            expected, total = previous.one_query_s * ratio, measuring_s(previous) * ratio
+            estimate = f"{total:.0f} s to measure (linear from {previous.gallery:,} videos)"
+            if expected <= time_limit:  # one query fits the limit: timed once, without the batch
+                point = measured(gallery, "disk" if needed > budget else "memory", repeats=1, with_batch=False)
+                if point.status == "measured":
+                    point.reason = f"one query timed once, no batch: {estimate} over the {time_limit:g} s limit"
+            else:
+                point = ScalePoint(gallery, per_video, "too slow", online_macs=online_macs.get(gallery))
+                point.reason = f"about {expected:.3g} s per query, {estimate}: over the {time_limit:g} s limit"
         else:
             point = measured(gallery, "disk" if needed > budget else "memory")
         points.append(point)
@@ -258,13 +264,21 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
     return points
 
 
+def measuring_s(point: ScalePoint) -> float:
+    """What measuring `point`'s size in full took: REPEATS single queries and a batch (a batch not timed:
+    counted at one query's time a query)."""
+    batch = point.per_query_in_batch_s if point.per_query_in_batch_s is not None else point.one_query_s
+    return point.one_query_s * REPEATS + batch * BATCH
+
+
 def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
-              time_limit: float) -> dict:
+              repeats: int, with_batch: bool, time_limit: float) -> dict:
     """`_measure` in a fresh process (spawn: a forked child would hang in its first multi-threaded OpenMP
     operation once the parent ran one)."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, send))
+    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, repeats, with_batch,
+                                                   send))
     child.start()
     send.close()
     result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}
@@ -285,8 +299,11 @@ def scale_table(methods: dict[str, dict]) -> str:
             if point["status"] == "measured":
                 peak = f"{point['peak_mib']:.0f}" if point["peak_mib"] is not None else "-"
                 note = "  features streamed from disk" if point.get("storage") == "disk" else ""
+                batch = point["per_query_in_batch_s"]
+                batch = f"{batch * 1e3:>8.2f}ms" if batch is not None else f"{'-':>10}"
+                note += f"  {point['reason']}" if point["reason"] else ""
                 lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {point['one_query_s'] * 1e3:>8.2f}ms "
-                             f"{point['per_query_in_batch_s'] * 1e3:>8.2f}ms {peak:>9}{note}")
+                             f"{batch} {peak:>9}{note}")
             else:
                 lines.append(f"{name:<22} {point['gallery']:>9,} {macs:>11} {'-':>10} {'-':>10} {'-':>9}  "
                              f"{point['status']}: {point['reason']}")

@@ -83,10 +83,12 @@ def scale_rows(cost: dict | None) -> dict | None:
             rows.append({"method": name, "gallery": f"{p['gallery']:,}",
                          "gmac": f"{p['online_macs'] / 1e9:.4g}" if p["online_macs"] is not None else "",
                          "one": f"{p['one_query_s'] * 1e3:.2f}" if measured else "",
-                         "batch": f"{p['per_query_in_batch_s'] * 1e3:.2f}" if measured else "",
+                         "batch": f"{p['per_query_in_batch_s'] * 1e3:.2f}"
+                                  if measured and p["per_query_in_batch_s"] is not None else "",
                          "peak": f"{p['peak_mib']:.0f}" if measured and p["peak_mib"] is not None else "",
                          "note": f"{p['status']}: {p['reason']}" if not measured else
-                         "features streamed from disk" if p.get("storage") == "disk" else ""})
+                         "; ".join(filter(None, ["features streamed from disk" if p.get("storage") == "disk" else "",
+                                                 p["reason"]]))})
     first = next(p for r in cost["methods"].values() for p in r.get("scale", []))
     return {"rows": rows, "batch": first["batch"], "device": cost.get("environment", {}).get("device_name", "")}
 
