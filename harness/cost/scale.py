@@ -240,6 +240,7 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
         streamed = scratch is not None and per_video * gallery <= disk_budget and \
             scores + per_video * chunk <= budget
         ratio = gallery / previous.gallery if previous is not None else 0.0
+        storage = "disk" if needed > budget else "memory"
         if needed > budget and not streamed:
             point = ScalePoint(gallery, per_video, "does not fit", online_macs=online_macs.get(gallery))
             point.reason = (f"{per_video:,} B per video x {gallery:,} videos + {BATCH} queries' scores = "
@@ -250,14 +251,14 @@ def measure_scale(method: Method, frames: int, words: int, size: int, galleries:
             expected, total = previous.one_query_s * ratio, measuring_s(previous) * ratio
             estimate = f"{total:.0f} s to measure (linear from {previous.gallery:,} videos)"
             if expected <= time_limit:  # one query fits the limit: timed once, without the batch
-                point = measured(gallery, "disk" if needed > budget else "memory", repeats=1, with_batch=False)
+                point = measured(gallery, storage, repeats=1, with_batch=False)
                 if point.status == "measured":
                     point.reason = f"one query timed once, no batch: {estimate} over the {time_limit:g} s limit"
             else:
                 point = ScalePoint(gallery, per_video, "too slow", online_macs=online_macs.get(gallery))
                 point.reason = f"about {expected:.3g} s per query, {estimate}: over the {time_limit:g} s limit"
         else:
-            point = measured(gallery, "disk" if needed > budget else "memory")
+            point = measured(gallery, storage)
         points.append(point)
         if point.status == "measured":
             previous = point
