@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import Tensor
 
 from harness import registry
-from harness.backbone import Backbone, load_clip, load_weights_strictly, read_state_dict
+from harness.api.backbone import Backbone, load_clip, load_weights_strictly, read_state_dict
 from harness.errors import CheckpointError, SuiteError
 from harness.files import atomic_torch_save
-from harness.method import Method
+from harness.api.method import Method
 from harness.suite import Suite, method_params
 from harness.synthetic_backbone import SYNTHETIC_ARCH, synthetic_checkpoint
 
@@ -33,32 +31,6 @@ def load_backbone(suite: Suite, cache_dir: Path, quiet: bool = False) -> Backbon
                               "(e.g. OpenAI's ViT-B-32.pt), for example checkpoint: ${CLIP_CHECKPOINT}.")
     clip = load_clip(arch, checkpoint, suite.protocol.words, spec.quick_gelu)
     return Backbone(clip, {"arch": spec.arch, "checkpoint": str(checkpoint), "quick_gelu": spec.quick_gelu})
-
-
-def load_official_mapped(method: Method, state: dict[str, Tensor], key_map: dict[str, str], source: str,
-                         skip: tuple[str, ...] = ()) -> None:
-    """The shared shape of every official import: `clip.*` (OpenAI layout) to the backbone, every other
-    key renamed by the first matching prefix of `key_map` or skipped on purpose when it starts with one
-    of `skip`; unknown keys, missing keys and shape mismatches are one error naming them."""
-    if any(key.startswith("module.") for key in state):
-        raise CheckpointError(f"{source}: keys start with 'module.' (a DistributedDataParallel wrapper); strip the "
-                              "prefix or save model.module.state_dict() as the official code does.")
-    method.backbone.load_prefixed(state, "clip.", source)
-    head, unknown = {}, []
-    for key, value in state.items():
-        if key.startswith("clip.") or (skip and key.startswith(skip)):
-            continue
-        for old, new in key_map.items():
-            if key.startswith(old):
-                head[new + key[len(old):]] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise CheckpointError(f"{source}: keys unknown to {method.name}: {', '.join(sorted(unknown)[:8])}"
-                              f"{' ...' if len(unknown) > 8 else ''}.")
-    backbone = {k: v for k, v in method.state_dict().items() if k.startswith("backbone.")}
-    load_weights_strictly(method, {**backbone, **head}, f"{source} (head)")
 
 
 def load_checkpoint(method: Method, path: str | Path, checkpoint_format: str) -> None:

@@ -304,7 +304,7 @@ def _new_method(args: argparse.Namespace) -> None:
 
 
 def _check_method(args: argparse.Namespace) -> int:
-    from harness.conformance import check_registered, failures
+    from harness.api.conformance import check_registered, failures
     from harness.suite import load_suite
 
     findings = check_registered(args.name, load_suite(args.suite) if args.suite else None)

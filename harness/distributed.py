@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from harness.errors import HarnessError
-from harness.method import Features
+from harness.api.method import Features
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Waiting for rank 0 to decode a benchmark or to evaluate a method can take hours; the collectives of a

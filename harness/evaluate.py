@@ -21,7 +21,7 @@ from harness import index as faiss_index
 from harness.errors import HarnessError
 from harness.features import FeatureCache, method_identity
 from harness.index import IndexSpec
-from harness.method import Features, Method
+from harness.api.method import Features, Method
 from harness.metrics import (MULTI_CAPTION_V2T, Ranking, concat_rankings, count_true, one_caption_per_video,
                              text_to_video, videos_against_captions)
 

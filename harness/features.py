@@ -36,7 +36,7 @@ from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
 from harness.files import atomic_save
-from harness.method import Features, Method
+from harness.api.method import Features, Method
 
 log = logging.getLogger(__name__)
 LAYOUT_VERSION = 1  # bump when the key or the entry layout changes: older entries are no longer found
@@ -54,7 +54,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 # The engine's code that every method's encoders run through (frames to pixels, tokens, the backbone).
-ENGINE_SOURCES = ("harness/backbone.py", "harness/method.py", "harness/evaluate.py", "harness/data/video.py",
+ENGINE_SOURCES = ("harness/api/backbone.py", "harness/api/method.py", "harness/api/blocks.py", "harness/evaluate.py", "harness/data/video.py",
                   "harness/data/text.py")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from harness import distributed, registry
-from harness.backbone import Backbone, read_state_dict
+from harness.api.backbone import Backbone, read_state_dict
 from harness.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos
 from harness.errors import DataError, HarnessError

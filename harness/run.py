@@ -33,7 +33,7 @@ from harness.features import FeatureCache
 from harness.files import atomic_torch_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.interrupt import Interrupted, Stopped, signal_number
-from harness.method import Method
+from harness.api.method import Method
 from harness.metrics import RECALL_AT, summarize
 from harness.preflight import Prepared, preflight
 from harness.results import (SCHEMA_VERSION, code_version, environment, new_run_dir, read_results, started_at,

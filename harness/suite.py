@@ -21,7 +21,7 @@ import yaml
 
 from harness.errors import HarnessError, SuiteError
 from harness.index import IndexSpec
-from harness.method import Method
+from harness.api.method import Method
 
 Sampling = Literal["fps1-linspace", "uniform"]
 TrainSampling = Literal["fps1-linspace", "uniform", "rand"]

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.backbone import ClipShape, build_clip
+from harness.api.backbone import ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
 from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
 from harness.files import atomic_torch_save
-from harness.method import symmetric_cross_entropy
+from harness.api.method import symmetric_cross_entropy
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
 VERSION = 1  # bump when the recipe below changes: a new cache file is written

@@ -39,7 +39,7 @@ from harness.data.video import decode, pad_frames, to_pixels
 from harness.errors import TrainingError
 from harness.files import atomic_torch_save
 from harness.evaluate import autocast, evaluate_split
-from harness.method import Method
+from harness.api.method import Method
 from harness.metrics import summarize
 from harness.progress import progress
 from harness.suite import TrainingSpec

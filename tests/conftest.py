@@ -27,7 +27,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def clip_file(tmp_path_factory) -> Path:
     """The official CLIP4Clip meanP state dict's clip.* weights: an OpenAI-layout CLIP of the golden shape."""
-    from harness.backbone import read_state_dict
+    from harness.api.backbone import read_state_dict
 
     state = read_state_dict(GOLDEN_DIR / "clip4clip_meanP_official_state_dict.pt")
     path = tmp_path_factory.mktemp("clip") / "clip_openai_layout.pt"
@@ -53,7 +53,7 @@ def synthetic_cache(tmp_path_factory) -> Path:
 def write_clip(path: Path, embed_dim: int) -> Path:
     """A random OpenAI-layout CLIP with the real vocabulary (captions are tokenized for real), 16 px frames,
     widths 64 and the given embedding width, saved at `path`."""
-    from harness.backbone import ClipShape, build_clip
+    from harness.api.backbone import ClipShape, build_clip
 
     torch.manual_seed(0)
     shape = ClipShape(embed_dim=embed_dim, image_size=16, patch_size=8, vision_width=64, vision_layers=1,

@@ -9,7 +9,7 @@ import torch
 
 from baselines.clip4clip import MeanP
 from conftest import load_golden
-from harness.backbone import Backbone, load_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip, load_clip
 from harness.errors import CheckpointError
 
 TOLERANCE = 1e-5  # fp32; measured max abs differences are below 1e-6
@@ -78,3 +78,49 @@ def test_checkpoint_errors_are_clear(clip_file, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read CLIP checkpoint"):
         load_clip("auto", tmp_path / "junk.pt", 12)
+
+
+VIT_B_32 = ClipShape(embed_dim=512, image_size=224, patch_size=32, vision_width=768, vision_layers=12,
+                     context_length=77, vocab_size=49408, text_width=512, text_layers=12)
+
+
+@pytest.mark.parametrize("shape", ["synthetic", "ViT-B/32"])
+def test_the_staged_encoders_compose_to_open_clip_s_whole_towers_bit_equal(shape):
+    from harness.synthetic_backbone import small_shape
+
+    clip_shape = small_shape() if shape == "synthetic" else VIT_B_32
+    torch.manual_seed(0)
+    backbone = Backbone(build_clip(clip_shape, 32)).eval()
+    size = clip_shape.image_size
+    frames = torch.randn(1, 2, 3, size, size)
+    tokens = torch.randint(1, 400, (2, 32))
+    tokens[:, -1] = 49407  # EOT, the largest id
+    visual = backbone.clip.visual
+    with torch.no_grad():
+        whole = visual(frames.flatten(0, 1))
+        visual.output_tokens = True
+        whole_pooled, whole_tokens = visual(frames.flatten(0, 1))
+        visual.output_tokens = False
+        staged = backbone.encode_frames(frames)
+        staged_pooled, patches = backbone.encode_frames_and_patches(frames)
+        blocks = backbone.frame_tokens(frames.flatten(0, 1))
+        for index in range(len(backbone.visual_blocks)):  # one block at a time, as a method inserting work would
+            blocks = backbone.run_visual_blocks(blocks, index, index + 1)
+        sentence, words = backbone.encode_text(tokens)
+        whole_text = backbone.clip.encode_text(tokens)
+    assert torch.equal(staged.flatten(0, 1), whole) and torch.equal(staged_pooled.flatten(0, 1), whole)
+    assert torch.equal(patches.flatten(0, 1), whole_tokens @ visual.proj)
+    assert torch.equal(backbone.pool_frames(blocks), whole)
+    assert patches.shape[2] == (size // clip_shape.patch_size) ** 2
+    assert torch.equal(backbone.project_tokens(blocks)[1], whole_tokens @ visual.proj)
+    assert (sentence - whole_text).abs().max() <= 1e-6 * whole_text.abs().max()  # the EOT row projected alone there
+    assert torch.equal(words, backbone.project_text(backbone.text_states(tokens)))
+
+
+def test_the_backbone_records_the_checkpoint_s_parameters_through_copies():
+    torch.manual_seed(0)
+    backbone = Backbone(build_clip(ClipShape(64, 16, 8, 64, 1, 16, 1000, 64, 1), 16))
+    copy_of = __import__("copy").deepcopy(backbone)
+    assert len(copy_of.clip_parameters) == len(list(copy_of.clip.parameters()))
+    assert all(copy_of.owns(p) for p in copy_of.clip.parameters())
+    assert not any(copy_of.owns(p) for p in backbone.clip.parameters())  # the copy's own objects, not the original's

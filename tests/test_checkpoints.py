@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import DATA
-from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.checkpoints import load_checkpoint
 from baselines.xpool import XPool
 

@@ -19,7 +19,7 @@ import torch
 from baselines.clip4clip import MeanP, SeqLSTM, SeqTransf, TightTransf
 from baselines.clip4clip.official import load_official_clip4clip
 from conftest import GOLDEN_DIR, load_golden
-from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 
 GOLDEN = load_golden("clip4clip_golden.pt")

@@ -1,19 +1,21 @@
-"""The method contract (harness.conformance): every built-in passes it, and each rule catches a planted
+"""The method contract (harness.api.conformance): every built-in passes it, and each rule catches a planted
 violation, naming the rule and showing the numbers."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.clip4clip import MeanP
 from harness import registry
-from harness.conformance import check_backbone, check_method, failures
-from harness.method import PADDED_FRAMES, Features, Method, masked_mean, symmetric_cross_entropy
-from harness.testing import assert_conforms
+from harness.api.conformance import check_backbone, check_method, failures
+from harness.api.method import PADDED_FRAMES, Features, Method, masked_mean, symmetric_cross_entropy
+from harness.api.testing import assert_conforms
 
 SHAPES = {"frames": 4, "words": 16}
 BUILT_INS = sorted(p.name for p in registry.methods().plugins() if p.distribution == "tvr-harness")
@@ -111,6 +113,33 @@ class CoarseChunkDependent(ProjectedMean):
         return scores - scores.mean(dim=1, keepdim=True)
 
 
+class PromptedTower(ProjectedMean):
+    """A learned prompt token appended to every frame's tokens before the visual blocks: a parameter the method
+    places inside the backbone's visual tower (as Prompt Switch and CLIP-ViP do)."""
+
+    def __init__(self, backbone, params):
+        super().__init__(backbone, params)
+        width = backbone.clip.visual.conv1.out_channels
+        self.backbone.clip.visual.prompt = nn.Parameter(0.02 * torch.randn(1, 1, width))
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
+        backbone = self.backbone
+        tokens = backbone.frame_tokens(frames.flatten(0, 1))
+        prompt = backbone.clip.visual.prompt.expand(tokens.shape[0], -1, -1)
+        pooled = backbone.pool_frames(backbone.run_visual_blocks(torch.cat([tokens, prompt], dim=1)))
+        pooled = pooled.view(*frames.shape[:2], -1)
+        return {"video": F.normalize(self.projection(self.pool(pooled, frame_mask)), dim=-1)}
+
+
+class PromptGroupedWithBackbone(PromptedTower):
+    """The planted violation: everything under `self.backbone` counted as the backbone's (the rule before
+    ownership was recorded), so the prompt would train at lr x coef_lr."""
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        backbone = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in backbone]
+
+
 def failed(method_cls: type, backbone) -> dict[str, str]:
     """Rule -> the details of its failures, joined."""
     details: dict[str, list[str]] = {}
@@ -123,7 +152,8 @@ def test_a_correct_plugin_passes_every_rule(backbone):
     findings = check_method(ProjectedMean, backbone=backbone, **SHAPES)
     assert not failures(findings)
     assert {f.rule for f in findings} >= {"interface", "output-shapes", "eval-determinism", "score-chunk-invariance",
-                                          "frame-mask", "word-mask", "cost", "load-official", "loss-gradients"}
+                                          "frame-mask", "word-mask", "cost", "load-official", "loss-gradients",
+                                          "parameter-ownership"}
 
 
 def test_chunked_score_that_differs_is_caught_with_its_numbers(backbone):
@@ -175,3 +205,27 @@ def test_glscl_without_the_official_word_padding_must_mask_words(backbone):
                                                  **SHAPES)}
     assert findings["word-mask"].passed and "largest difference" in findings["word-mask"].detail
     assert findings["frame-mask"].passed and "confirmed" in findings["frame-mask"].detail
+
+
+def test_a_parameter_added_inside_the_tower_is_a_head_parameter_and_trains_at_the_full_rate(backbone):
+    from harness.suite import TrainingSpec
+    from harness.train import parameter_groups
+
+    findings = {f.rule: f for f in check_method(PromptedTower, backbone=backbone, count_cost=False, **SHAPES)}
+    assert not failures(list(findings.values()))
+    assert "inside the backbone (backbone.clip.visual.prompt)" in findings["parameter-ownership"].detail
+    assert "gradient reaches all 3 head parameters" in findings["loss-gradients"].detail  # prompt + projection
+    method = PromptedTower(copy.deepcopy(backbone), HeadParams())
+    spec = TrainingSpec(lr=1e-4, coef_lr=1e-3)
+    groups = parameter_groups(method, spec)
+    group_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert group_of[id(method.backbone.clip.visual.prompt)] == spec.lr
+    assert group_of[id(method.backbone.clip.visual.conv1.weight)] == spec.lr * spec.coef_lr
+    assert group_of[id(method.projection.weight)] == spec.lr
+
+
+def test_a_parameter_of_the_method_grouped_with_the_backbone_is_caught(backbone):
+    broken = failed(PromptGroupedWithBackbone, backbone)
+    assert set(broken) == {"parameter-ownership"}
+    assert "added by the method but grouped with the backbone" in broken["parameter-ownership"]
+    assert "backbone.clip.visual.prompt" in broken["parameter-ownership"]

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.clip4clip import MeanP
 from baselines.xpool import XPool
-from harness.backbone import Backbone
+from harness.api.backbone import Backbone
 from harness.cost.flops import count_macs
 from harness.cost.model import method_cost, score_cost
 from harness.errors import HarnessError

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import write_suite
-from harness.backbone import Backbone, load_clip
+from harness.api.backbone import Backbone, load_clip
 from harness.cli import main
 from harness.cost.scale import (DiskGallery, MemoryGallery, answer, bytes_per_item, measure_scale, parse_galleries,
                                 scale_record, scale_table)

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from harness import distributed, registry
-from harness.conformance import check_backbone, random_inputs, resolve_params
+from harness.api.conformance import check_backbone, random_inputs, resolve_params
 from harness.data.benchmark import Split, Video
 from harness.errors import TrainingError
 from harness.progress import LineProgress, progress

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN_DIR, load_golden
-from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 from harness.evaluate import rerank_block
 from methods.eercf import EERCF, EERCFParams

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from baselines.clip4clip import SeqLSTM
-from harness.backbone import Backbone, load_clip
+from harness.api.backbone import Backbone, load_clip
 from harness.checkpoints import load_checkpoint
 from harness.data.benchmark import Split, Video
 from harness.data.frames import FrameStore

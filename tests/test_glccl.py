@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.errors import CheckpointError
 from methods.glccl import GLCCL, GLCCLParams
 from methods.glccl.interaction import four_scores, score_consistency

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN_DIR, load_golden
-from harness.backbone import Backbone, load_clip, read_state_dict
+from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 from harness.evaluate import score_in_chunks
-from harness.method import symmetric_cross_entropy
+from harness.api.method import symmetric_cross_entropy
 from harness.suite import parse_suite
 from methods.glscl import GLSCL, GLSCLParams
 from methods.glscl.interaction import global_frame_weights, global_scores

@@ -11,11 +11,11 @@ from conftest import write_clip
 from baselines.clip4clip.meanp import MeanP
 from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
 from baselines.zeroshot import ZeroShot
-from harness.backbone import Backbone, load_clip
+from harness.api.backbone import Backbone, load_clip
 from harness.errors import HarnessError
 from harness.evaluate import rank_features
 from harness.index import IndexSpec
-from harness.method import InnerProduct, Method
+from harness.api.method import InnerProduct, Method
 from harness.run import stage_rows
 from methods.eercf import EERCF
 

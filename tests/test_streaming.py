@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.evaluate import rank_features
-from harness.method import Method
+from harness.api.method import Method
 from harness.metrics import text_to_video, video_to_text
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baselines.clip4clip import MeanP
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.benchmark import Split, Video
 from harness.errors import TrainingError
 from harness.evaluate import score_in_chunks

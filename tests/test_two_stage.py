@@ -7,7 +7,7 @@ import torch
 
 from conftest import rerank_row
 from harness.evaluate import TwoStageRanker, rank_block, rank_features, rerank_block, top_k
-from harness.method import Method
+from harness.api.method import Method
 from harness.metrics import text_to_video, video_to_text
 
 CPU = torch.device("cpu")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from baselines.xpool import XPool, XPoolParams
 from conftest import GOLDEN_DIR, load_golden
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.errors import CheckpointError
 
 GOLDEN = load_golden("xpool_metrics_golden.pt")["xpool"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baselines.clip4clip.official import load_official_clip4clip
-from harness.method import Features, InnerProduct, Method, masked_mean, symmetric_cross_entropy
+from harness.api import Features, InnerProduct, Method, masked_mean, symmetric_cross_entropy
 
 
 def mean_pooled_video(frames: Tensor, frame_mask: Tensor) -> Tensor:

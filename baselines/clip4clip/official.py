@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from harness.checkpoints import load_official_mapped
-from harness.method import Method
+from harness.api import Method, load_official_mapped
 
 
 def load_official_clip4clip(method: Method, state: dict[str, Tensor], source: str = "CLIP4Clip checkpoint") -> None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from baselines.clip4clip.meanp import MeanP
-from baselines.clip4clip.sequential import OFFICIAL_HEAD_LAYER_NORM_EPS, run_blocks, text_blocks, text_positions
-from harness.method import Features, Method, symmetric_cross_entropy
+from harness.api import (OFFICIAL_HEAD_LAYER_NORM_EPS, Features, Method, run_blocks, symmetric_cross_entropy,
+                         text_blocks, text_positions)
 
 
 @dataclass

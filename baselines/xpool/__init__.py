@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backbone import load_weights_strictly
-from harness.errors import CheckpointError
-from harness.method import Features, Method, symmetric_cross_entropy
+from harness.api import (CheckpointError, Features, Method, load_weights_strictly, over_video_chunks,
+                         symmetric_cross_entropy)
 
 OFFICIAL_PREFIX = "pool_frames."
 
@@ -101,15 +100,11 @@ class XPool(Method):
 
     def score(self, text: Features, video: Features) -> Tensor:
         queries = F.normalize(text["text"], dim=-1)
-        n_t, dim = queries.shape
-        n_v = video["frames"].shape[0]
-        block = max(1, self.params.pair_budget // max(1, n_t * dim))
-        scores = []
-        for start in range(0, n_v, block):
-            part = {name: value[start : start + block] for name, value in video.items()}
-            pooled = F.normalize(self.pooled(text, part), dim=-1)
-            scores.append(torch.einsum("nd,vnd->nv", queries, pooled))
-        return torch.cat(scores, dim=1)
+
+        def part_scores(part: Features) -> Tensor:
+            return torch.einsum("nd,vnd->nv", queries, F.normalize(self.pooled(text, part), dim=-1))
+
+        return over_video_chunks(part_scores, video, queries.numel(), self.params.pair_budget)
 
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         main = symmetric_cross_entropy(self.backbone.logit_scale.exp() * self.score(text, video))

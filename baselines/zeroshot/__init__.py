@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from baselines.clip4clip.meanp import MeanP
-from harness.method import Features, InnerProduct
+from harness.api import Features, InnerProduct
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from harness.cost.flops import FLOP_COUNTER, FVCORE, count_macs
-from harness.method import Features, Method
+from harness.api.method import Features, Method
 
 GALLERIES = (10**4, 10**5, 10**6)
 MATRIX_1KA = 1000  # the 1k-A similarity matrix: 1,000 captions x 1,000 videos

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from harness import registry
-from harness.backbone import Backbone, build_clip, read_state_dict, shape_from_state_dict
+from harness.api.backbone import Backbone, build_clip, read_state_dict, shape_from_state_dict
 from harness.cost.model import GALLERIES, MATRIX_1KA, method_cost
 from harness.cost.scale import measure_scale, scale_record
 from harness.cost.timing import time_method

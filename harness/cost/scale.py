@@ -31,7 +31,7 @@ import torch
 from harness.data.text import tokenize
 from harness.errors import HarnessError
 from harness.evaluate import bytes_per_item, rerank_block
-from harness.method import Features, Method
+from harness.api.method import Features, Method
 
 TOP = 10  # what one query returns
 REPEATS = 3  # one query is timed this often; the median is kept

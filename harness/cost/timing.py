@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from harness.cost.model import dummy_inputs
-from harness.method import Method
+from harness.api.method import Method
 
 
 @dataclass

@@ -27,7 +27,7 @@ def frame_size(suite: Suite) -> int:
     if suite.backbone.arch == SYNTHETIC_ARCH:
         return IMAGE_SIZE
     if suite.backbone.arch == "auto" and suite.backbone.checkpoint:  # the sizes are in the weights
-        from harness.backbone import read_state_dict, shape_from_state_dict
+        from harness.api.backbone import read_state_dict, shape_from_state_dict
 
         return shape_from_state_dict(read_state_dict(suite.backbone.checkpoint)).image_size
     import open_clip

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.backbone import PIXEL_MEAN, PIXEL_STD
+from harness.api.backbone import PIXEL_MEAN, PIXEL_STD
 from harness.errors import DataError
 
 

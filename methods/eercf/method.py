@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
-from harness.errors import HarnessError
-from harness.method import PADDED_FRAMES, Features, InnerProduct, Method, masked_mean, symmetric_cross_entropy
+from harness.api import (PADDED_FRAMES, Features, HarnessError, InnerProduct, Method, masked_mean,
+                         symmetric_cross_entropy, temporal_transformer, text_blocks, text_positions)
 from methods.eercf import scores
 from methods.eercf.scores import pearson_constraint
 

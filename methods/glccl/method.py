@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
-from harness.errors import HarnessError
-from harness.method import PADDED_FRAMES, PADDED_WORDS, Features, Method, symmetric_cross_entropy
+from harness.api import (PADDED_FRAMES, PADDED_WORDS, Features, HarnessError, Method, over_video_chunks,
+                         symmetric_cross_entropy, temporal_transformer, text_blocks, text_positions)
 from methods.glccl.interaction import EMBED_MATRICES, WORD_MATRICES, four_scores, score_consistency
 from methods.glccl.official import load_official_glccl
 
@@ -67,15 +66,13 @@ class GLCCL(Method):
 
     def scores(self, text: Features, video: Features) -> dict[str, Tensor]:
         """The four (n_t, n_v) scores x the logit scale, chunked over videos."""
-        n_t, length, dim = text["words"].shape
-        n_v = video["frames"].shape[0]
-        block = max(1, self.params.pair_budget // max(1, n_t * length * dim))
         weights = {name: getattr(self, name) for name in EMBED_MATRICES + WORD_MATRICES}
         sentence, words = F.normalize(text["sentence"], dim=-1), F.normalize(text["words"], dim=-1)
-        parts = [four_scores(sentence, words, text["sentence"], text["words"], video["frames"][s : s + block], weights)
-                 for s in range(0, n_v, block)]
+        scores = over_video_chunks(lambda part: four_scores(sentence, words, text["sentence"], text["words"],
+                                                            part["frames"], weights),
+                                   video, text["words"].numel(), self.params.pair_budget)
         scale = self.backbone.logit_scale.exp()
-        return {name: scale * torch.cat([part[name] for part in parts], dim=1) for name in parts[0]}
+        return {name: scale * value for name, value in scores.items()}
 
     def score(self, text: Features, video: Features) -> Tensor:
         return torch.stack(list(self.scores(text, video).values())).mean(dim=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from harness.checkpoints import load_official_mapped
+from harness.api import load_official_mapped
 from methods.glccl.interaction import EMBED_MATRICES, WORD_MATRICES
 
 KEY_MAP = {"transformerClip.resblocks.": "resblocks.", "frame_position_embeddings.": "frame_position_embeddings.",

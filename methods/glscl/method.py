@@ -14,12 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from baselines.clip4clip.sequential import temporal_transformer, text_blocks, text_positions
-from harness.errors import HarnessError
-from harness.method import PADDED_FRAMES, PADDED_WORDS, Features, Method, symmetric_cross_entropy
+from harness.api import (PADDED_FRAMES, PADDED_WORDS, Features, HarnessError, Method, over_video_chunks,
+                         symmetric_cross_entropy, temporal_transformer, text_blocks, text_positions)
 from methods.glscl.interaction import LocalInteraction, global_scores, local_scores
 from methods.glscl.losses import ConsistencyAverage, inter_consistency, intra_diversity
 
@@ -102,12 +100,9 @@ class GLSCL(Method):
         return {"text": sentence, "queries": queries}
 
     def global_score(self, text: Features, video: Features) -> Tensor:
-        n_t, dim = text["text"].shape
-        n_v = video["frames"].shape[0]
-        block = max(1, self.params.pair_budget // max(1, n_t * dim))
-        return torch.cat([global_scores(text["text"], video["frames"][s : s + block],
-                                        video["frame_mask"][s : s + block], self.params.temperature)
-                          for s in range(0, n_v, block)], dim=1)
+        return over_video_chunks(lambda part: global_scores(text["text"], part["frames"], part["frame_mask"],
+                                                            self.params.temperature),
+                                 video, text["text"].numel(), self.params.pair_budget)
 
     def local_score(self, text: Features, video: Features) -> Tensor:
         return local_scores(text["queries"], video["queries"])

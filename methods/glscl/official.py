@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from harness.checkpoints import load_official_mapped
+from harness.api import load_official_mapped
 
 KEY_MAP = {
     "transformerClip.resblocks.": "resblocks.",

@@ -16,7 +16,7 @@ BUDGET = 1 << 24  # pooled-tensor elements at once: 64 MiB in fp32
 SETUP = f"""
 import torch
 import torch.nn.functional as F
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from methods.glscl import GLSCL, GLSCLParams
 torch.manual_seed(0)
 backbone = Backbone(build_clip(ClipShape({DIM}, 32, 16, 64, 1, 8, 1000, {DIM}, 1), 8))

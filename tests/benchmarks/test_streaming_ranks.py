@@ -15,7 +15,7 @@ import torch
 from conftest import rerank_row
 from peak_memory import peak_memory_mib
 
-from harness.backbone import Backbone, build_clip
+from harness.api.backbone import Backbone, build_clip
 from harness.evaluate import move_features, rank_features, score_in_chunks, slice_features
 from harness.metrics import text_to_video, video_to_text
 from methods.eercf import EERCF, EERCFParams
@@ -30,7 +30,7 @@ def big(benchmark) -> bool:
 SETUP = """
 import torch
 from harness.evaluate import rank_features
-from harness.method import Method
+from harness.api.method import Method
 class Dot(Method):
     name = "dot"
     def __init__(self):
@@ -88,7 +88,7 @@ def test_streaming_ranks_against_the_full_matrix(benchmark):
 def eercf_features(queries: int, videos: int):
     """The EERCF head on a small random CLIP (width 64, 4 patches a frame, 6 frames): real feature shapes of
     that backbone, random values."""
-    from harness.backbone import ClipShape
+    from harness.api.backbone import ClipShape
 
     torch.manual_seed(0)
     shape = ClipShape(embed_dim=64, image_size=32, patch_size=16, vision_width=64, vision_layers=1,

@@ -15,7 +15,7 @@ BUDGET = 1 << 24  # pooled-tensor elements at once: 64 MiB in fp32 (the official
 SETUP = f"""
 import torch
 from baselines.xpool import XPool
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 torch.manual_seed(0)
 backbone = Backbone(build_clip(ClipShape({DIM}, 32, 16, 64, 1, 8, 1000, 64, 1), 8))
 method = XPool(backbone, XPool.Params(dropout=0.0, pair_budget={BUDGET})).eval()

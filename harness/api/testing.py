@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from harness.conformance import check_method, failures
+from harness.api.conformance import check_method, failures
 
 
 def assert_conforms(method: type | str, **options) -> None:
     """Fail with every broken rule of the method contract (its name and the numbers). `method` is the
-    class or its registered name; `options` go to harness.conformance.check_method (backbone, params,
+    class or its registered name; `options` go to harness.api.conformance.check_method (backbone, params,
     frames, words, image_size, count, chunk, seed)."""
     if isinstance(method, str):
         from harness import registry

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.backbone import Backbone
+from harness.api.backbone import Backbone
 from harness.errors import CheckpointError
 
 # A mapping of named tensors whose first dimension indexes items (videos or queries): the engine
@@ -91,9 +91,10 @@ class Method(nn.Module):
         return {}
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """Parameters that are not the backbone's: trained at the full learning rate."""
-        backbone = {id(p) for p in self.backbone.parameters()}
-        return [p for p in self.parameters() if id(p) not in backbone]
+        """Parameters that did not come from the CLIP checkpoint, wherever they sit (a prompt or a module
+        placed inside the backbone's tower included): trained at the full learning rate."""
+        loaded = {id(p) for p in self.backbone.clip_parameters}
+        return [p for p in self.parameters() if id(p) not in loaded]
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

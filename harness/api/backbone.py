@@ -155,7 +155,18 @@ def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu
 
 
 class Backbone(nn.Module):
-    """open_clip CLIP -> t, W (text) and F (frames)."""
+    """open_clip CLIP -> t, W (text) and F (frames), whole or stage by stage.
+
+    The visual tower in open_clip's own stages: `frame_tokens` (patch embedding, class token, positions,
+    ln_pre), the ordered blocks `visual_blocks` (run by `run_visual_blocks`, or one by one by a method that
+    inserts work between them), and `pool_frames` / `project_tokens` (ln_post, proj). `encode_frames` is
+    their composition. The text tower likewise: `text_embeddings`, `text_attention_mask`, `text_blocks`,
+    `project_text`. A method may run the stages itself (insert a module between two blocks, wrap a block,
+    append tokens, pass an attention mask, change the number of sequences midway) without open_clip's
+    private methods.
+
+    Parameter ownership: the parameters of the CLIP as loaded are recorded (`clip_parameters`); they train at
+    lr x coef_lr. Everything a method adds, wherever it sits (inside the tower too), is a head parameter."""
 
     def __init__(self, clip: CLIP, provenance: dict | None = None):
         super().__init__()
@@ -165,29 +176,96 @@ class Backbone(nn.Module):
         self.image_size = int(size[0] if isinstance(size, tuple) else size)
         self.context_length = int(clip.context_length)
         self.embed_dim = int(clip.text_projection.shape[1])
+        visual = clip.visual
+        if visual.attn_pool is not None or visual.final_ln_after_pool or visual.pool_type != "tok" \
+                or visual.proj is None:
+            raise CheckpointError("the backbone's visual tower is not an OpenAI-style ViT (class-token pooling, "
+                                  "ln_post then proj); its stages cannot be exposed")
+        # A plain list, not registered: deep-copied with the module (the same copies as its parameters), so a
+        # method built on a copy of the backbone knows which of its parameters came from the checkpoint.
+        self.clip_parameters: list[nn.Parameter] = list(clip.parameters())
 
     @property
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
 
+    def owns(self, parameter: nn.Parameter) -> bool:
+        """Whether `parameter` is one of the CLIP checkpoint's (trained at lr x coef_lr)."""
+        return any(parameter is own for own in self.clip_parameters)
+
+    # -- visual stages --------------------------------------------------------------------------------
+    @property
+    def visual_blocks(self) -> nn.ModuleList:
+        """The visual transformer's residual-attention blocks, in order."""
+        return self.clip.visual.transformer.resblocks
+
+    def frame_tokens(self, images: Tensor) -> Tensor:
+        """images (N, 3, H, W) -> (N, 1 + patches, width): patch embedding, class token first, positions,
+        patch dropout (identity unless configured), ln_pre: the input of the first block."""
+        visual = self.clip.visual
+        x = visual.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
+    def run_visual_blocks(self, x: Tensor, start: int = 0, stop: int | None = None,
+                          attn_mask: Tensor | None = None) -> Tensor:
+        """x (N, tokens, width) through blocks start..stop-1 (default: all), with an optional attention mask
+        (tokens x tokens, or (N * heads, tokens, tokens), additive or bool as torch's attention takes it)."""
+        batch_first = self.clip.visual.transformer.batch_first
+        x = x if batch_first else x.transpose(0, 1)
+        for block in self.visual_blocks[start:stop]:
+            x = block(x, attn_mask=attn_mask)
+        return x if batch_first else x.transpose(0, 1)
+
+    def pool_frames(self, x: Tensor) -> Tensor:
+        """The last block's output (N, tokens, width) -> (N, D): the class token through ln_post and proj."""
+        visual = self.clip.visual
+        return visual.ln_post(x)[:, 0] @ visual.proj
+
+    def project_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The last block's output (N, tokens, width) -> the class token (N, D) and every other token
+        (N, tokens - 1, D), each through ln_post and proj."""
+        visual = self.clip.visual
+        projected = visual.ln_post(x) @ visual.proj
+        return projected[:, 0], projected[:, 1:]
+
     def encode_frames(self, frames: Tensor) -> Tensor:
         """frames (B, T, 3, H, W) -> F (B, T, D): CLS after ln_post and proj, not normalised."""
         batch, length = frames.shape[:2]
-        pooled = self.clip.visual(frames.flatten(0, 1))
+        pooled = self.pool_frames(self.run_visual_blocks(self.frame_tokens(frames.flatten(0, 1))))
         return pooled.view(batch, length, -1)
 
     def encode_frames_and_patches(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         """frames (B, T, 3, H, W) -> F (B, T, D) and P (B, T, N, D): every patch token after ln_post and
         proj (N = 49 for ViT-B/32 at 224 px), not normalised."""
         batch, length = frames.shape[:2]
-        visual = self.clip.visual
-        visual.output_tokens = True
-        try:
-            pooled, tokens = visual(frames.flatten(0, 1))
-        finally:
-            visual.output_tokens = False
-        patches = tokens @ visual.proj
+        x = self.run_visual_blocks(self.frame_tokens(frames.flatten(0, 1)))
+        pooled = self.pool_frames(x)
+        patches = self.clip.visual.ln_post(x)[:, 1:] @ self.clip.visual.proj
         return pooled.view(batch, length, -1), patches.view(batch, length, patches.shape[1], -1)
+
+    # -- text stages ----------------------------------------------------------------------------------
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        """The text transformer's residual-attention blocks, in order."""
+        return self.clip.transformer.resblocks
+
+    def text_embeddings(self, tokens: Tensor) -> Tensor:
+        """tokens (B, L) -> (B, L, width): token embedding plus positions, the input of the first block."""
+        return self.clip.token_embedding(tokens) + self.clip.positional_embedding[: tokens.shape[1]]
+
+    def text_attention_mask(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> Tensor:
+        """The causal mask (L, L); with `mask_padding_keys` (B, L) bool, padded keys masked too: (B * heads,
+        L, L), batch-major as torch expects."""
+        length = tokens.shape[1]
+        mask = self.clip.attn_mask[:length, :length]
+        if mask_padding_keys is None:
+            return mask
+        heads = self.text_blocks[0].attn.num_heads
+        mask = mask.expand(tokens.shape[0], -1, -1).masked_fill(~mask_padding_keys[:, None, :], -torch.inf)
+        return mask.repeat_interleave(heads, dim=0)
 
     def text_states(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> Tensor:
         """tokens (B, L) -> the final text transformer states (B, L, width).
@@ -196,27 +274,24 @@ class Backbone(nn.Module):
         masked as keys (the DiCoSA/GLSCL text encoder): the states at padded positions then attend to the
         real tokens only. The real positions' states are unchanged (causality already hides the padding
         from them)."""
-        clip = self.clip
-        length = tokens.shape[1]
-        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
-        mask = clip.attn_mask[:length, :length]
-        if mask_padding_keys is not None:
-            heads = clip.transformer.resblocks[0].attn.num_heads
-            mask = mask.expand(tokens.shape[0], -1, -1).masked_fill(~mask_padding_keys[:, None, :], -torch.inf)
-            mask = mask.repeat_interleave(heads, dim=0)  # (B * heads, L, L), batch-major as torch expects
-        return clip.transformer(x, attn_mask=mask)
+        return self.clip.transformer(self.text_embeddings(tokens),
+                                     attn_mask=self.text_attention_mask(tokens, mask_padding_keys))
+
+    def project_text(self, states: Tensor) -> Tensor:
+        """Text states (..., width) -> (..., D) through ln_final and text_projection."""
+        return self.clip.ln_final(states) @ self.clip.text_projection
 
     def encode_sentence(self, tokens: Tensor) -> Tensor:
         """tokens (B, L) -> t (B, D): the EOT (largest id) state through ln_final and text_projection; only
         that position is projected (heads that need no word features pay for no more)."""
         states = self.text_states(tokens)
         eot = states[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
-        return self.clip.ln_final(eot) @ self.clip.text_projection
+        return self.project_text(eot)
 
     def encode_text(self, tokens: Tensor, mask_padding_keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens (B, L) -> t (B, D) at the EOT and W (B, L, D) at every position (see text_states for
         `mask_padding_keys`)."""
-        words = self.clip.ln_final(self.text_states(tokens, mask_padding_keys)) @ self.clip.text_projection
+        words = self.project_text(self.text_states(tokens, mask_padding_keys))
         sentence = words[torch.arange(tokens.shape[0], device=tokens.device), tokens.argmax(dim=-1)]
         return sentence, words
 
@@ -231,4 +306,3 @@ class Backbone(nn.Module):
     def describe(self) -> dict:
         return {"image_size": self.image_size, "context_length": self.context_length,
                 "embed_dim": self.embed_dim, **self.provenance}
-

@@ -10,7 +10,10 @@ Each rule is what the engine relies on without looking inside a method:
   official code does; then the check confirms that it does;
 - two-stage: `coarse_score` and `candidates()` come together; the coarse score is chunk-invariant and the
   fine score of gathered candidates equals the same entries scored at once;
-- loss-gradients: `loss` returns a finite scalar `total` whose gradient reaches every head parameter;
+- loss-gradients: `loss` returns a finite scalar `total` whose gradient reaches every head parameter (those
+  a method placed inside the backbone's towers included);
+- parameter-ownership: every parameter the method added is a head parameter (full learning rate), every
+  parameter of the CLIP checkpoint the backbone's (lr x coef_lr);
 - cost: fvcore counts every stage without an unknown matrix operator (harness.cost);
 - load-official: an official checkpoint loader refuses incomplete and unknown keys;
 - benchmark-defaults: per-benchmark official values name Params fields of registered benchmarks.
@@ -27,11 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.backbone import Backbone, ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.text import tokenize, vocabulary_size
 from harness.errors import HarnessError
 from harness.evaluate import score_in_chunks, take
-from harness.method import PADDED_FRAMES, PADDED_WORDS, Features, Method
+from harness.api.method import PADDED_FRAMES, PADDED_WORDS, Features, Method
 from harness.suite import Suite
 
 # Scores may differ by this much relative to the largest score magnitude (at least 1) and still be equal:
@@ -262,6 +265,31 @@ def check_loss(method: Method, inputs: Inputs) -> Finding:
                                            "parameters")
 
 
+def check_ownership(method: Method, checkpoint_parameters: int) -> Finding:
+    """Every parameter the method added (inside the backbone's towers too) is a head parameter, at the full
+    learning rate; every parameter of the CLIP checkpoint is the backbone's, at lr x coef_lr."""
+    names = {id(p): name for name, p in method.named_parameters()}
+    loaded = {id(p) for p in method.backbone.clip_parameters}
+    head = {id(p) for p in method.head_parameters()}
+    problems = []
+    if len(loaded) != checkpoint_parameters:
+        problems.append(f"the backbone records {len(loaded)} checkpoint parameters, the CLIP it was built from has "
+                        f"{checkpoint_parameters}: the method registered parameters of its own as the backbone's")
+    added_not_head = [names[i] for i in names if i not in loaded and i not in head]
+    if added_not_head:
+        problems.append(f"added by the method but grouped with the backbone (trained at lr x coef_lr): "
+                        f"{', '.join(added_not_head[:8])}")
+    loaded_in_head = [names[i] for i in names if i in loaded and i in head]
+    if loaded_in_head:
+        problems.append(f"from the CLIP checkpoint but returned by head_parameters(): {', '.join(loaded_in_head[:8])}")
+    if problems:
+        return Finding("parameter-ownership", False, "; ".join(problems))
+    inside = [names[i] for i in head if names[i].startswith("backbone.")]
+    return Finding("parameter-ownership", True, f"{len(head)} head parameters (full lr)"
+                   + (f", {len(inside)} of them inside the backbone ({', '.join(inside[:4])})" if inside else "")
+                   + f"; {len(loaded)} from the checkpoint (lr x coef_lr)")
+
+
 def check_cost(method: Method, frames: int, words: int, image_size: int) -> Finding:
     from harness.cost.model import method_cost
 
@@ -303,6 +331,7 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
     image_size = image_size or backbone.image_size
     try:
         torch.manual_seed(seed)
+        checkpoint_parameters = len(backbone.clip_parameters)
         method = method_cls(copy.deepcopy(backbone), resolve_params(method_cls, params or {}, frames, words)).eval()
         protocol = method.protocol()
     except Exception as error:
@@ -344,6 +373,7 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
                                             "word positions")]),
         ("cost", lambda: [check_cost(method, frames, words, image_size)] if count_cost else []),
         ("load-official", lambda: [check_load_official(method)]),
+        ("parameter-ownership", lambda: [check_ownership(method, checkpoint_parameters)]),
         ("loss-gradients", lambda: [check_loss(method, inputs)]),
     ]
     for rule, run in rules:
@@ -352,26 +382,6 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
         except Exception as error:  # a rule that crashes the method is a failure of that rule, not of the check
             findings.append(Finding(rule, False, f"raised {type(error).__name__}: {error}"))
         method.eval()
-    return findings
-    findings.append(compare("eval-determinism", "encoding and scoring again", scores, evaluate(method, inputs)[2]))
-    findings.append(compare("score-chunk-invariance", "score in chunks of 1", scores,
-                            score_in_chunks(method, text, video, 1, torch.device("cpu"))))
-    findings.append(compare("score-chunk-invariance", f"score in chunks of {chunk}", scores,
-                            score_in_chunks(method, text, video, chunk, torch.device("cpu"))))
-    findings += check_two_stage(method, inputs, text, video, scores, chunk)
-
-    generator = torch.Generator().manual_seed(seed + 1)
-    noise = torch.randn(inputs.pixels.shape, generator=generator)
-    frames_altered = dataclasses.replace(inputs, pixels=torch.where(inputs.frame_mask[..., None, None, None],
-                                                                    inputs.pixels, noise))
-    findings.append(padding_rule("frame-mask", method, inputs, frames_altered, PADDED_FRAMES, "frames"))
-    filler = torch.randint(1, int(inputs.tokens.max()), inputs.tokens.shape, generator=generator)
-    words_altered = dataclasses.replace(inputs, tokens=torch.where(inputs.token_mask, inputs.tokens, filler))
-    findings.append(padding_rule("word-mask", method, inputs, words_altered, PADDED_WORDS, "word positions"))
-
-    findings.append(check_cost(method, frames, words, image_size))
-    findings.append(check_load_official(method))
-    findings.append(check_loss(method, inputs))
     return findings
 
 
