@@ -45,6 +45,16 @@ class Method(nn.Module):
     benchmark_defaults: ClassVar[dict[str, dict]] = {}
     # The method's name in the published tables (reported.csv), where it appears there.
     reported_as: ClassVar[str | None] = None
+    # What `score` returns, for the post-processing rows: "logits" (a similarity already multiplied by the
+    # logit scale, as CLIP4Clip's meanP) or "similarity" (cosine-like, without it, as X-Pool). DSL's softmax is
+    # taken over logits, QB-Norm's exponent over similarities. None: not declared, post-processing refused.
+    score_kind: ClassVar[str | None] = None
+    # DSL's softmax temperature over `score` where the official code fixes one (CLIP-ViP: 100 x the cosine);
+    # None: derived from score_kind (1 for logits, the trained logit scale for similarities).
+    dsl_temperature: ClassVar[float | None] = None
+    # Post-processing rows the official evaluation reports for the method, added to every run of it (e.g.
+    # DiCoSA's test loop always applies QB-Norm): names of harness post-processings ("dsl", "qbnorm").
+    post_processing: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: Backbone, params: object):
         super().__init__()
