@@ -34,6 +34,8 @@ KINDS = (*STORES, "synthetic", "other")
 CLEARED_BY_DEFAULT = KINDS[:-1]
 SYNTHETIC = re.compile(r"synthetic-v\d+-seed\d+(\.partial-\d+)?")  # .partial-PID: a generation in progress or killed
 DAY = 86400.0
+CACHE_TAG = "CACHEDIR.TAG"
+CACHE_TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"  # fixed by the convention
 
 
 @dataclass
@@ -76,13 +78,28 @@ def entries(cache_dir: Path) -> list[Entry]:
         raise HarnessError(f"cache folder {cache_dir} is not a folder.")
     found = []
     for top in sorted(cache_dir.iterdir()):
+        if top.name == CACHE_TAG:
+            continue
         if top.name in STORES and top.is_dir() and not top.is_symlink():
             for item in _walk(top):
                 status = item.stat(follow_symlinks=False)
                 found.append(Entry(top.name, Path(item.path), status.st_size, status.st_mtime))
         else:
             found.append(Entry("synthetic" if SYNTHETIC.fullmatch(top.name) else "other", top, *_tree(top)))
+    if found and not (cache_dir / CACHE_TAG).is_file() and all(e.kind == "other" for e in found):
+        raise HarnessError(f"{cache_dir} is not a harness cache folder: it holds none of frames/, features/, "
+                           f"backbones/, a generated synthetic benchmark or {CACHE_TAG}, only what the harness did not "
+                           "write. Give the cache folder with --cache-dir (a suite's cache_dir, or $HARNESS_CACHE).")
     return found
+
+
+def mark_cache(cache_dir: Path) -> None:
+    """Tag `cache_dir` as a cache folder (the Cache Directory Tagging convention, which backup tools honour too):
+    it stays recognisable as the harness's once every entry is cleared."""
+    tag = Path(cache_dir) / CACHE_TAG
+    if not tag.is_file():
+        tag.parent.mkdir(parents=True, exist_ok=True)
+        tag.write_text(f"{CACHE_TAG_SIGNATURE}\n# A cache folder of tvr-harness (harness cache info / clear).\n")
 
 
 def human_size(size: float) -> str:

@@ -11,6 +11,7 @@ as passing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.errors import HarnessError
 from harness.report.leaderboard import Run
 from harness.report.reported import METRICS, counterpart, read_reported
 from harness.files import atomic_write
+from harness.results import refuse_non_finite
 
 KEY = ("method", "benchmark", "split", "direction", "stage", "post")
 COST_METRICS = ("per_video_macs", "per_query_macs", "per_pair_macs")
@@ -60,6 +62,8 @@ def parse_tolerances(items: list[str], defaults: dict[str, Tolerance]) -> dict[s
                                 else Tolerance(float(value)))
         except ValueError:
             raise HarnessError(f"--tolerance {item!r}: {value!r} is not a number.") from None
+        if not math.isfinite(tolerances[name].value) or tolerances[name].value < 0:
+            raise HarnessError(f"--tolerance {item!r}: a tolerance is a finite number, 0 or more.")
     return tolerances
 
 
@@ -113,6 +117,7 @@ def read_baseline(baseline_file: Path) -> dict:
                            f"--write-baseline {baseline_file}`.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise HarnessError(f"{baseline_file}: not a harness baseline ({error}).") from None
+    refuse_non_finite(baseline, baseline_file, "the baseline")
     return baseline
 
 

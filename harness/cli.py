@@ -11,13 +11,25 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 
+def method_selection(given: str | None) -> list[str] | None:
+    """--methods a,b: the names given (None without the option); an option that names none is an error, never
+    the whole suite."""
+    if given is None:
+        return None
+    names = [name.strip() for name in given.split(",") if name.strip()]
+    if not names:
+        raise HarnessError(f"--methods {given!r}: names no method; give a comma-separated list such as glscl,xpool "
+                           "(leave the option out to run every method of the suite).")
+    return names
+
+
 def _load_suite(args: argparse.Namespace, checkpoints: dict[str, tuple[str, str]] | None = None):
     """The suite with the command line's --set overrides, --methods selection, --checkpoint entries and
     --cache-dir applied."""
     from harness.suite import load_suite
 
     overrides = list(args.set)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = method_selection(args.methods)
     for name, (path, checkpoint_format) in (checkpoints or {}).items():
         overrides += [f"methods.{name}.checkpoint={path}", f"methods.{name}.checkpoint_format={checkpoint_format}"]
     suite = load_suite(args.suite, overrides, methods)
@@ -165,8 +177,7 @@ def _cost(args: argparse.Namespace) -> None:
     from harness.preflight import select_device
     from harness.suite import load_suite
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    suite = load_suite(args.suite, methods=methods)
+    suite = load_suite(args.suite, methods=method_selection(args.methods))
     galleries = parse_galleries(args.gallery) if args.gallery else []
     scratch = Path(args.scratch) if args.scratch else None
     if scratch is not None and not scratch.is_dir():
@@ -282,13 +293,16 @@ def _cache_info(args: argparse.Namespace) -> None:
 
 
 def _cache_clear(args: argparse.Namespace) -> None:
-    from harness.cachedir import entries, remove, removal_report, select
+    from harness.cachedir import entries, mark_cache, remove, removal_report, select
 
     if args.kind is None and args.older_than is None and not args.all:
         raise HarnessError("harness cache clear: give --kind KIND, --older-than DAYS, or --all to clear every kind "
                            "(see `harness cache info` for what is there).")
     folder = _cache_folder(args)
-    removed, failed = remove(folder, select(entries(folder), args.kind, args.older_than))
+    found = entries(folder)
+    if found:
+        mark_cache(folder)  # a harness cache: still recognised as one once emptied
+    removed, failed = remove(folder, select(found, args.kind, args.older_than))
     print(removal_report(folder, removed))
     if failed:
         raise HarnessError(f"{len(failed)} cache entries could not be removed: " + "; ".join(failed))

@@ -90,6 +90,15 @@ def encode_queries(method: Method, captions: list[str], words: int, batch_size: 
     return gathered(parts)
 
 
+def refuse_nan(scores: Tensor, method: Method, what: str) -> Tensor:
+    """`scores`, unless one is NaN: NaN compares false with everything, so it would rank silently wrong."""
+    nan = scores.isnan()
+    if nan.any():
+        raise HarnessError(f"{method.name}: {int(nan.sum())} of {nan.numel()} {what} are NaN; a rank against them "
+                           "would mean nothing. The method's score (or the checkpoint evaluated) is broken.")
+    return scores
+
+
 def count(features: Features) -> int:
     return next(iter(features.values())).shape[0]
 
@@ -225,7 +234,7 @@ def fine_scores(method: Method, queries: Features, gallery: Features, candidates
             with autocast(device, mixed_precision):
                 scores = torch.func.vmap(one_item)(chosen_by, move_features(take(gallery, items[part]), device))
             fine[positions[filled]] = scores.double().cpu()[filled]
-    return fine.view(n, k)
+    return refuse_nan(fine.view(n, k), method, f"fine scores of {direction} candidates")
 
 
 def rerank_block(method: Method, queries: Features, gallery: Features, block: Tensor, k: int, direction: str,
@@ -410,6 +419,7 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
     above, equal, blocks = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), []
     for q0, block in query_blocks(method.score, text, video, "t2v", chunk, device, mixed_precision,
                                   lambda start: mine(start, chunk)):
+        refuse_nan(block, method, f"scores of captions {q0}..{q0 + len(block) - 1}")
         blocks.append((q0, rank_block(block, q0, owners, n, "t2v", MULTI_CAPTION_V2T)))
         above += count_true(block > own, dim=0)
         equal += count_true(block == own, dim=0)
@@ -439,6 +449,7 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
                                                        v2t_convention, device, mixed_precision)
         for q0, block in stage_blocks(method, text, video, direction, chunk, device, mixed_precision, index,
                                       recall):
+            refuse_nan(block, method, f"{direction} scores of queries {q0}..{q0 + len(block) - 1}")
             coarse_ranking = rank_block(block, q0, owners, n_videos, direction, v2t_convention)
             coarse.append((q0, coarse_ranking))
             if ranker is not None:

@@ -3,12 +3,13 @@
 Every result, report, checkpoint and cache entry goes through `atomic_output`: the content is written to
 a temporary file beside the target and moved over it in one rename. A full disk, an unwritable folder or
 an interruption (Ctrl-C, SIGTERM) leaves the previous file intact and no temporary file behind, and an
-OSError becomes one HarnessError naming the file.
+OSError (or torch's RuntimeError for a failed archive write) becomes one HarnessError naming the file.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,4 +63,11 @@ def atomic_torch_save(path: Path, obj, what: str = "file") -> None:
 
     with atomic_output(path, what) as temporary:
         with open(temporary, "wb") as stream:
-            torch.save(obj, stream)
+            try:
+                torch.save(obj, stream)
+            except RuntimeError as error:  # torch's archive writer reports a failed write (a full disk) so
+                free = shutil.disk_usage(temporary.parent).free
+                kept = "the previous file is intact" if Path(path).exists() else "nothing was written"
+                raise HarnessError(f"cannot write {what} {path}: the write failed with {free:,} bytes free on its "
+                                   f"file system (a full disk, or a file size limit) ({kept}); torch: {error}") \
+                    from None

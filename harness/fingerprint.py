@@ -1,11 +1,12 @@
 """Fingerprints: what produced a run's results, so that a resumed run reuses only what it would recompute
 identically, and names what differs otherwise.
 
-The run's shared part: the code version, the backbone weights (file hash), the device type and the
-resolved suite without the methods and without what cannot change a number (its name, paths, cache folder,
-decode time limit); besides, every annotation file both runs read must have the same hash (a run that adds
-a method may read a file the stored one did not, e.g. the training list). The training budget (the
-`training` section, the training and validation splits) is a part of its own: it matters to the methods
+The run's shared part: the code version, the backbone weights (file hash), the device type, the test
+videos (each file's size and modification time, as the frame cache keys them) and the resolved suite without
+the methods and without what cannot change a number (its name, paths, cache folder, decode time limit);
+besides, every annotation file both runs read must have the same hash (a run that adds a method may read a
+file the stored one did not, e.g. the training list). The training budget (the `training` section, the
+training and validation splits) and the training videos are a part of their own: they matter to the methods
 that train, not to zero-shot CLIP or a given checkpoint. A method's fingerprint adds its resolved
 hyper-parameters and, when it evaluates a given checkpoint, that file's hash.
 """
@@ -52,15 +53,22 @@ def suite_part(suite: dict, training: bool) -> dict[str, object]:
             if not _under(k, NEUTRAL_SUITE_KEYS) and _under(k, TRAINING_SUITE_KEYS) == training}
 
 
-def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, suite: dict) -> dict[str, str]:
+# Fingerprint parts that concern only the methods that train.
+TRAINING_PARTS = ("training", "training_videos")
+
+
+def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, suite: dict,
+                    videos: dict[str, dict[str, str]]) -> dict[str, str]:
+    """`videos`: role ("test", "training") -> {video id: key} (harness.preflight.videos_by_role)."""
     return {"code_version": code_version, "backbone_weights": file_fingerprint(Path(backbone_checkpoint)),
             "device": device, "suite": digest(suite_part(suite, training=False)),
-            "training": digest(suite_part(suite, training=True))}
+            "training": digest(suite_part(suite, training=True)),
+            "test_videos": digest(videos["test"]), "training_videos": digest(videos["training"])}
 
 
 def method_fingerprint(spec: MethodSpec, run: dict[str, str], trains: bool) -> str:
     checkpoint = file_fingerprint(Path(spec.checkpoint).expanduser()) if spec.checkpoint else None
-    shared = {k: v for k, v in run.items() if trains or k != "training"}
+    shared = {k: v for k, v in run.items() if trains or k not in TRAINING_PARTS}
     return digest({"method": spec.name, "params": spec.params, "checkpoint": checkpoint,
                    "checkpoint_format": spec.checkpoint_format if spec.checkpoint else None, "run": shared})
 
@@ -70,12 +78,29 @@ def _changed(old: dict, new: dict, label: str) -> list[str]:
             for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
-def run_differences(stored: dict, now: dict, training: bool) -> list[str]:
+def video_differences(role: str, before: dict[str, str] | None, after: dict[str, str]) -> str:
+    """One line naming which of a role's videos differ from the stored run's (its record of them, when kept)."""
+    if before is None:
+        return f"the {role} videos differ from the stored run's (its record of them is missing)"
+    changed = [vid for vid in sorted(before.keys() | after.keys()) if before.get(vid) != after.get(vid)]
+    shown = "; ".join(f"{vid}: {before.get(vid, 'absent')} in the stored run, {after.get(vid, 'absent')} now"
+                      for vid in changed[:5])
+    more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
+    return f"{len(changed)} of the {role} videos differ from the stored run's: {shown}{more}"
+
+
+def run_differences(stored: dict, now: dict, training: bool, stored_videos: dict | None = None,
+                    videos: dict | None = None) -> list[str]:
     """What differs between a stored results.json and the run about to write into it: the shared part,
-    and with `training` the training budget too."""
+    and with `training` the training budget too. `stored_videos` / `videos`: the video keys by role of the
+    stored run (its videos.json) and of this one, to name the videos that differ."""
     before, after = stored.get("fingerprint") or {}, now["fingerprint"]
     lines = [f"{key}: {before.get(key)} in the stored run, {after[key]} now" for key in after
-             if key not in ("suite", "training") and before.get(key) != after[key]]
+             if key not in ("suite", "training", "test_videos", "training_videos") and before.get(key) != after[key]]
+    for role in ("test", "training") if training else ("test",):
+        if f"{role}_videos" in after and before.get(f"{role}_videos") != after[f"{role}_videos"]:
+            lines.append(video_differences(role, (stored_videos or {}).get(role), (videos or {}).get(role, {}))
+                         if videos is not None else f"the {role} videos differ from the stored run's")
     files, files_now = stored.get("benchmark", {}).get("annotations", {}), now["benchmark"]["annotations"]
     lines += [f"annotation file {name}: {files[name]} in the stored run, {files_now[name]} now"
               for name in sorted(files.keys() & files_now.keys()) if files[name] != files_now[name]]

@@ -20,8 +20,10 @@ from harness.data.check import frame_size
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
-from harness.preflight import select_device
+from harness.data.benchmark import check_videos
+from harness.preflight import select_device, videos_by_role
 from harness.results import code_version, read_results
+from harness.run import stored_videos
 from harness.suite import Suite
 from harness.synthetic_backbone import SYNTHETIC_ARCH, VERSION
 
@@ -66,15 +68,36 @@ def frame_cache_lines(suite: Suite, image_size: int | None) -> list[str]:
     return lines
 
 
+def run_videos(suite: Suite) -> dict[str, dict[str, str]] | None:
+    """The video keys by role a run would fingerprint (the splits it would read, as its pre-flight reads them);
+    None when the data cannot be read yet (not generated, files missing)."""
+    spec, cls = suite.benchmark, registry.benchmarks()[suite.benchmark.name]
+    cache_dir = Path(suite.cache_dir).expanduser()
+    if cls.not_yet_generated(spec.root, cache_dir, suite.seed):
+        return None
+    trains = any(m.trains(registry.methods()[m.name]) for m in suite.methods)
+    try:
+        benchmark = cls(spec.root, spec.videos, cache_dir, suite.seed, quiet=True)
+        splits = {name: check_videos(benchmark.load_split(name), spec.allow_partial_gallery)
+                  for name in [*spec.test_splits, *((spec.train_split, spec.validation_split) if trains else ())]
+                  if name is not None}
+    except HarnessError:
+        return None
+    return videos_by_role([splits[name] for name in spec.test_splits], splits.get(spec.train_split),
+                          splits.get(spec.validation_split))
+
+
 def method_lines(suite: Suite, run_dir: Path | None, weights: Path | None) -> list[str]:
     stored = read_results(run_dir / "results.json") if run_dir and (run_dir / "results.json").is_file() else None
-    run = (run_fingerprint(code_version(), str(weights), select_device(suite.device).type, suite.to_dict())
-           if weights else None)
+    videos = run_videos(suite)
+    run = (run_fingerprint(code_version(), str(weights), select_device(suite.device).type, suite.to_dict(), videos)
+           if weights and videos is not None else None)
     differences = []
     if stored is not None and run is not None:  # annotation files are compared by the run itself
         differences = run_differences(stored, {"fingerprint": run, "suite": suite.to_dict(),
                                                "benchmark": {"annotations": {}}},
-                                      training=any(e.get("trained") for e in stored["methods"].values()))
+                                      any(e.get("trained") for e in stored["methods"].values()),
+                                      stored_videos(run_dir), videos)
     lines = []
     for spec in suite.methods:
         cls = registry.methods()[spec.name]

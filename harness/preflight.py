@@ -21,7 +21,7 @@ import torch
 from harness import distributed, registry
 from harness.api.backbone import Backbone, read_state_dict
 from harness.checkpoints import load_backbone, load_checkpoint
-from harness.data.benchmark import Benchmark, Split, check_videos
+from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
 from harness.errors import DataError, HarnessError
 from harness.suite import Suite
 
@@ -41,6 +41,16 @@ class Prepared:
     train_split: Split | None = None
     validation: Split | None = None
     methods: dict[str, type] = field(default_factory=dict)
+    # "test" / "training" -> {video id: key}: what the numbers depend on in the video files, read before decoding
+    # (a submitter and its jobs see the same); the training and validation videos together
+    videos: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def videos_by_role(test: list[Split], train: Split | None, validation: Split | None) -> dict[str, dict[str, str]]:
+    """The video keys (harness.data.benchmark.video_keys) of the test splits and of the training ones (a video id
+    names one file of the benchmark, whichever splits list it)."""
+    return {role: {vid: key for split in listed if split is not None for vid, key in video_keys(split).items()}
+            for role, listed in (("test", test), ("training", [train, validation]))}
 
 
 def select_device(choice: str) -> torch.device:
@@ -153,4 +163,5 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
         listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems.found, start=1))
         raise PreflightError(f"{suite.source}: {len(problems.found)} problem(s) found before any work started "
                              f"(nothing was trained or written):\n{listed}")
-    return Prepared(device, benchmark, backbone, splits["test"], splits.get("train"), splits.get("validation"), methods)
+    return Prepared(device, benchmark, backbone, splits["test"], splits.get("train"), splits.get("validation"), methods,
+                    videos_by_role(splits["test"], splits.get("train"), splits.get("validation")))

@@ -7,6 +7,7 @@ ranks/*.csv (per-query ranks), checkpoints/<method>.pt.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -84,8 +85,30 @@ def write_ranks(run_dir: Path, method: str, split: str, direction: str, ranks: n
     return f"ranks/{name}"
 
 
+def non_finite(data, path: str = "$") -> str | None:
+    """The JSON path of the first NaN or infinite number in `data` (Python's json reads and writes them, JSON
+    has none), or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = non_finite(value, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_non_finite(data, file: Path, what: str) -> None:
+    where = non_finite(data)
+    if where is not None:
+        raise HarnessError(f"{file}: {what} holds a value that is not a finite number at {where}; no metric or cost "
+                           "may be NaN or infinite (a broken score or an edited file).")
+
+
 def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n", "results")
+    refuse_non_finite(results, run_dir / "results.json", "the results to write")
+    atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str, allow_nan=False) + "\n",
+                 "results")
 
 
 @cache
@@ -104,6 +127,7 @@ def read_results(file: Path) -> dict:
         raise HarnessError(f"{file}: cannot be read ({error.strerror or error}).") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HarnessError(f"{file}: not valid JSON ({error}).") from None
+    refuse_non_finite(results, file, "the results file")
     problem = next(iter(sorted(_validator().iter_errors(results), key=lambda e: list(e.absolute_path))), None)
     if problem is not None:
         raise HarnessError(f"{file}: not a harness results file: at {problem.json_path}: {problem.message} "

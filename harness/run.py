@@ -84,26 +84,54 @@ def stored_results(run_dir: Path) -> dict | None:
     return read_results(file) if file.is_file() else None
 
 
+VIDEOS_FILE = "videos.json"  # per role, every video's key: what a resume names when the videos differ
+
+
+def refusal(run_dir: Path, finished: dict, differences: list[str]) -> HarnessError:
+    return HarnessError(f"{run_dir} holds finished results ({', '.join(finished)}) of a run that differs from this "
+                        "one; they are kept as they are. Give another --output, fix the suite to match the stored run, "
+                        "or give --force to run the differing methods again beside the others. What differs: "
+                        + "; ".join(differences) + ".")
+
+
+def refuse_a_differing_run(stored: dict | None, suite: Suite, run_dir: Path, force: bool) -> None:
+    """Before any work (a backbone's pre-training, decoding): a stored run with finished methods that other code
+    or another suite produced is refused at once. What needs the data and the weights is compared once they are
+    read (`reusable_methods`)."""
+    finished = (stored or {}).get("methods", {})
+    if not finished or force:
+        return
+    now = {"fingerprint": {"code_version": code_version()}, "suite": suite.to_dict(), "benchmark": {"annotations": {}}}
+    differences = run_differences(stored, now, training=any(entry.get("trained") for entry in finished.values()))
+    if differences:
+        raise refusal(run_dir, finished, differences)
+
+
+def stored_videos(run_dir: Path) -> dict | None:
+    file = run_dir / VIDEOS_FILE
+    try:
+        return json.loads(file.read_text()) if file.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str, str], suite: Suite,
-                     run_dir: Path, force: bool = False, log=print) -> list[str]:
+                     run_dir: Path, videos: dict, force: bool = False, log=print) -> list[str]:
     """The suite's methods the stored run already finished, to keep. A stored run with finished methods that
-    was produced differently is refused with what differs (the training budget counts where a stored method
-    was trained; a method of the suite stored with other params likewise); with `force`, what differs is
+    was produced differently is refused with what differs (the training budget and videos count where a stored
+    method was trained; a method of the suite stored with other params likewise); with `force`, what differs is
     named and the methods it concerns run again."""
     finished = (stored or {}).get("methods", {})
     if not finished:
         return []
     any_trained = any(entry.get("trained") for entry in finished.values())
-    differences = run_differences(stored, results, training=any_trained)
+    differences = run_differences(stored, results, any_trained, stored_videos(run_dir), videos)
     for spec in suite.methods:
         entry = finished.get(spec.name)
         if entry is not None and entry.get("fingerprint") != fingerprints[spec.name] and not differences:
             differences += [f"{spec.name} {line}" for line in method_differences(entry, spec.params, spec.checkpoint)]
     if differences and not force:
-        raise HarnessError(f"{run_dir} holds finished results ({', '.join(finished)}) of a run that differs from "
-                           "this one; they are kept as they are. Give another --output, fix the suite to match the "
-                           "stored run, or give --force to run the differing methods again beside the others. What "
-                           "differs: " + "; ".join(differences) + ".")
+        raise refusal(run_dir, finished, differences)
     if differences:
         log(f"--force: {run_dir} was produced differently (" + "; ".join(differences) + "); the methods concerned "
             "run again")
@@ -116,7 +144,7 @@ def new_results(suite: Suite, prepared: Prepared, size: int, train_policy: str, 
     protocol, training, validation = suite.protocol, suite.training, prepared.validation
     version = code_version()
     fingerprint = run_fingerprint(version, prepared.backbone.provenance["checkpoint"],
-                                  device_type or prepared.device.type, suite.to_dict())
+                                  device_type or prepared.device.type, suite.to_dict(), prepared.videos)
     return {
         "schema_version": SCHEMA_VERSION,
         "code_version": version,
@@ -290,15 +318,18 @@ def open_results(suite: Suite, prepared: Prepared, size: int, train_policy: str,
     results = new_results(suite, prepared, size, train_policy, device_type)
     fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"], spec.trains(prepared.methods[spec.name]))
                     for spec in suite.methods}
-    kept = reusable_methods(stored, results, fingerprints, suite, run_dir, force, log)
+    kept = reusable_methods(stored, results, fingerprints, suite, run_dir, prepared.videos, force, log)
     if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)
+        # each earlier invocation stays recorded with the run it started (a resume may select other methods)
         results["resumes"] = stored.get("resumes", []) + [{"started": stored.get("started"), "kept": kept,
-                                                           "forced": force}]
+                                                           "forced": force,
+                                                           "invocation": stored.get("invocation", {})}]
         results["methods"], results["rows"] = dict(stored["methods"]), list(stored["rows"])
         if "executor" in stored:
             results["executor"] = stored["executor"]
     if distributed.is_main():
         atomic_write(run_dir / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False), "suite")
+        atomic_write(run_dir / VIDEOS_FILE, json.dumps(prepared.videos, indent=1, sort_keys=True) + "\n", "video record")
     return results, fingerprints, kept
 
 
@@ -307,6 +338,7 @@ def prepare_results(suite: Suite, run_dir: Path, quiet: bool, force: bool, log, 
     """For a submitter (harness/executor.py): the pre-flight only (the jobs decode and compute), then the
     results its jobs are merged into and the methods kept from a stored run."""
     stored = stored_results(run_dir)
+    refuse_a_differing_run(stored, suite, run_dir, force)
     prepared = preflight(suite, run_dir, quiet)
     size = suite.protocol.image_size or prepared.backbone.image_size
     results, _, kept = open_results(suite, prepared, size, suite.protocol.train_sampling or suite.protocol.sampling,
@@ -324,6 +356,7 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
     run_dir = distributed.broadcast(Path(output) if output else new_run_dir(Path("runs"), suite.name))
     with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         stored = stored_results(run_dir)
+        refuse_a_differing_run(stored, suite, run_dir, force)
         with distributed.main_first():  # rank 0 decodes into the frame cache; the others find it there
             ctx = prepare(suite, run_dir, quiet, force, log)
         results, fingerprints, kept = open_results(suite, ctx.prepared, ctx.store.size, ctx.train_policy, stored,

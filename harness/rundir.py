@@ -41,6 +41,9 @@ class RunLock:
                       "command": " ".join(sys.argv)}
 
     def acquire(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise HarnessError(f"the run directory {self.run_dir} is a file, not a directory; give another --output "
+                               "(or --resume a run directory).")
         self.created = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

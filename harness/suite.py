@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -124,6 +125,53 @@ class Suite:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric suite key admits (always finite): at least `low` (more than it when `open_low`), at
+    most `high`."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.open_low else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"<= {self.high:g}")
+        return " ".join(["a finite value", " and ".join(parts)]).strip() + (f" ({self.why})" if self.why else "")
+
+
+# Checked when the suite is read (file and --set alike), so that a value out of range never reaches the work.
+RANGES: dict[tuple[type, str], Range] = {
+    (BenchmarkSpec, "decode_timeout"): Range(0, open_low=True, why="seconds"),
+    (ProtocolSpec, "frames"): Range(1),
+    (ProtocolSpec, "words"): Range(3, why="the start and end tokens and at least one word"),
+    (ProtocolSpec, "image_size"): Range(1, why="pixels"),
+    (TrainingSpec, "epochs"): Range(1),
+    (TrainingSpec, "batch_size"): Range(1),
+    (TrainingSpec, "lr"): Range(0, open_low=True),
+    (TrainingSpec, "coef_lr"): Range(0, why="0 freezes the backbone"),
+    (TrainingSpec, "weight_decay"): Range(0),
+    (TrainingSpec, "warmup_proportion"): Range(0, 1, why="a fraction of the steps"),
+    (TrainingSpec, "grad_clip"): Range(0, why="0 clips nothing"),
+    (TrainingSpec, "max_logit_scale"): Range(0, open_low=True),
+    (TrainingSpec, "validation_videos"): Range(0),
+    (EvaluationSpec, "batch_size"): Range(1),
+    (EvaluationSpec, "score_chunk"): Range(1),
+    (Suite, "seed"): Range(0),
+}
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -244,11 +292,22 @@ def build(cls: type, data: Any, path: str, source: str, skip: tuple[str, ...] = 
             continue
         if f.name in data:
             values[f.name] = convert(data[f.name], hints[f.name], _join(path, f.name), source)
+            check_range(cls, f.name, values[f.name], _join(path, f.name), source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SuiteError(f"{source}: {_join(path, f.name)}: required key is missing ({_type_name(hints[f.name])}).")
         elif isinstance(f.default, str):
             values[f.name] = interpolate(f.default, f"{source}: {_join(path, f.name)}")
     return cls(**values)
+
+
+def check_range(cls: type, name: str, value: Any, path: str, source: str) -> None:
+    """A numeric value against its key's range (RANGES); floats must be finite wherever they appear."""
+    allowed = RANGES.get((cls, name))
+    if allowed is None and isinstance(value, float) and not math.isfinite(value):
+        allowed = Range()
+    if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not allowed.admits(value):
+        raise SuiteError(f"{source}: {path}: got {value!r}; allowed: {allowed}.")
 
 
 def _keys(cls: type, skip: tuple[str, ...]) -> str:
@@ -404,9 +463,13 @@ def read_suite_data(path: str | Path) -> Any:
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found.")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise SuiteError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise SuiteError(f"{path}: not a text file (byte {error.start} is not UTF-8); a suite is a YAML file.") from None
+    except OSError as error:
+        raise SuiteError(f"{path}: cannot be read ({error.strerror or error}).") from None
 
 
 def load_suite(path: str | Path, overrides: list[str] = (), methods: list[str] | None = None) -> Suite:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cachedir import human_size
+from harness.cachedir import CACHE_TAG, human_size
 from harness.cli import main
 
 OLD = time.time() - 20 * 86400  # 20 days ago
@@ -41,11 +41,12 @@ def cache(tmp_path) -> Path:
 
 
 def on_disk(folder: Path) -> set[str]:
-    """Every file, link and folder under `folder` (links not followed), relative to it."""
+    """Every file, link and folder under `folder` (links not followed), relative to it; the cache tag, which
+    marks the folder and is no entry, left out."""
     found = set()
     for parent, folders, files in os.walk(folder):
         found |= {str((Path(parent) / name).relative_to(folder)) for name in folders + files}
-    return found
+    return found - {CACHE_TAG}
 
 
 def table(printed: str) -> dict[str, tuple[int, str]]:
@@ -117,3 +118,24 @@ def test_clearing_everything_needs_all_and_never_touches_anything_outside(cache,
     assert main(["cache", "clear", "--cache-dir", str(cache), "--kind", "other"]) == 0
     assert on_disk(cache) == set()
     assert on_disk(tmp_path / "outside") == outside and (tmp_path / "outside" / "keep.npz").stat().st_size == 5000
+
+
+def test_a_folder_that_is_not_a_cache_is_refused_and_left_as_it_was(tmp_path, capsys):
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "a.jpg").write_bytes(b"x" * 10)
+    (home / "notes.txt").write_text("mine")
+    before = on_disk(home)
+    for command in (["cache", "info"], ["cache", "clear", "--all"], ["cache", "clear", "--kind", "other"]):
+        assert main([*command, "--cache-dir", str(home)]) == 2
+        error = capsys.readouterr().err
+        assert f"{home} is not a harness cache folder" in error and "--cache-dir" in error
+    assert on_disk(home) == before and not (home / CACHE_TAG).exists()
+
+
+def test_an_emptied_cache_is_still_recognised_by_its_tag(cache, capsys):
+    assert main(["cache", "clear", "--cache-dir", str(cache), "--all"]) == 0
+    assert (cache / CACHE_TAG).read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    capsys.readouterr()
+    assert main(["cache", "info", "--cache-dir", str(cache)]) == 0  # only what the harness did not write is left
+    assert table(capsys.readouterr().out)["other"][0] == 2

@@ -180,7 +180,8 @@ def test_preflight_reports_every_problem_together_before_any_work(tmp_path, vate
     assert "1 of 4 video files are missing: test2" in error
     assert f"methods[1] (xpool) checkpoint: cannot read xpool checkpoint {garbage}" in error
     assert f"methods[2] (clip4clip-seqlstm) checkpoint: cannot read clip4clip-seqlstm checkpoint {hostile}" in error
-    assert "Weights only load failed" in error  # refused: weights_only
+    assert "loading it fully could run code from the file; the harness reads weights only" in error
+    assert "weights_only" not in error  # and no advice to load it without that guard
     assert f"methods[3] (clip4clip-meanp) checkpoint: clip4clip-meanp checkpoint {mismatched}" in error
     assert "does not fit the model" in error and "CLIP checkpoint" not in error
     assert not run_dir.exists() and not (REPO / "pwned.txt").exists() and not Path("pwned.txt").exists()

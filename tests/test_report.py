@@ -121,6 +121,14 @@ def test_html_latex_and_markdown_escape_captions_and_method_names(three_methods,
     assert len(written) == 5  # html, tex, md and a plot per direction
 
 
+def test_the_reference_method_s_name_is_escaped_in_the_latex_column_header(three_methods, tmp_path):
+    boards = build_leaderboards([load_run(three_methods)], reference="a_b%c", resamples=50)
+    assert any(column.key == "paired" for column in boards[0].columns)
+    write_report(boards, [load_run(three_methods)], ["tex"], tmp_path / "out")
+    tex = (tmp_path / "out" / "report.tex").read_text()
+    assert r"$\Delta$R@1 vs a\_b\%c (p)" in tex and "vs a_b%c" not in tex
+
+
 def test_escape_functions_cover_every_special_character():
     assert latex_escape("a_b%c & $x$ #1 {y} ~ ^ \\") == \
         r"a\_b\%c \& \$x\$ \#1 \{y\} \textasciitilde{} \textasciicircum{} \textbackslash{}"

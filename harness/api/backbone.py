@@ -6,6 +6,8 @@ through ln_final and text_projection, F (B, T, D) the per-frame CLS feature afte
 
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +97,7 @@ def read_state_dict(path: str | Path, what: str = "CLIP checkpoint", hint: str =
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read {what} {path}: {error}") from None
+        raise CheckpointError(f"cannot read {what} {path}: {unreadable_because(error, path)}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -104,6 +106,24 @@ def read_state_dict(path: str | Path, what: str = "CLIP checkpoint", hint: str =
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return {k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS}
+
+
+def unreadable_because(error: Exception, path: Path) -> str:
+    """Why torch could not read a checkpoint file, in words a user can act on (torch's own messages name its
+    internals, and its pickle refusal advises loading with weights_only=False, which would run the file's code)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes): an interrupted copy or download; copy it again."
+    if isinstance(error, pickle.UnpicklingError):
+        refused = re.search(r"(GLOBAL \S+)|(Unsupported operand \d+)", str(error))
+        what = (f"it refers to {refused.group(1)}, code that loading it would run" if refused and refused.group(1)
+                else f"its pickle holds more than tensors ({refused.group(2) if refused else 'refused'} by the "
+                     "weights-only reader), and loading it fully could run code from the file")
+        return (f"{what}; the harness reads weights only and refuses it. Save the weights as a state dict of tensors "
+                "(torch.save(model.state_dict(), ...)) where the file is trusted.")
+    if isinstance(error, EOFError) or "central directory" in str(error) or "zip archive" in str(error):
+        return f"the file ends early or is damaged ({size:,} bytes; not a complete torch archive); copy it again."
+    return str(error)
 
 
 def load_weights_strictly(model: nn.Module, state: dict[str, Tensor], source: str) -> None:

@@ -220,6 +220,20 @@ def drop_videos(split: Split, problems: dict[str, str], kind: Literal["missing",
     return partial
 
 
+def video_keys(split: Split) -> dict[str, str]:
+    """Per video id, what its frames depend on in the file (as the frame cache keys them): the file's size and
+    modification time, and the decoded span; not its folder, so a data set moved elsewhere with its times kept
+    stays the same. A file replaced by another of equal size and time (`cp -p`) is not told apart."""
+    keys = {}
+    for video in split.videos:
+        try:
+            stat = video.path.stat()
+        except OSError as error:
+            raise DataError(f"video {video.id!r} ({video.path}): {error.strerror or error}") from None
+        keys[video.id] = f"size {stat.st_size}, modified {stat.st_mtime_ns} ns, span {video.end_second}"
+    return keys
+
+
 def missing_videos(split: Split) -> dict[str, str]:
     return {v.id: str(v.path) for v in split.videos if not v.path.is_file()}
 

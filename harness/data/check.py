@@ -41,13 +41,14 @@ def frame_size(suite: Suite) -> int:
 
 
 def check_data(suite: Suite, workers: int | None = None, quiet: bool = False) -> dict:
-    """Every split the suite names (training and test): ids, captions, video files, decodes."""
+    """Every split the suite names (training, validation and test): ids, captions, video files, decodes."""
     cache_dir = Path(suite.cache_dir).expanduser()
     cls = registry.benchmarks()[suite.benchmark.name]
     protocol = suite.protocol
     store = FrameStore(cache_dir, protocol.frames, protocol.sampling, frame_size(suite), quiet, workers,
                        suite.benchmark.decode_timeout)
-    named = [("train", suite.benchmark.train_split)] + [("test", s) for s in suite.benchmark.test_splits]
+    named = [("train", suite.benchmark.train_split), ("validation", suite.benchmark.validation_split)] + [
+        ("test", s) for s in suite.benchmark.test_splits]
     try:
         benchmark = cls(suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet)
         splits = []

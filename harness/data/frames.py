@@ -25,6 +25,7 @@ from pebble import ProcessExpired, ProcessPool
 from torch import Tensor
 from tqdm import tqdm
 
+from harness.cachedir import mark_cache
 from harness.data.benchmark import Video
 from harness.data.video import decode, pad_frames
 from harness.errors import DataError
@@ -70,6 +71,7 @@ class FrameStore:
         self.timeout = timeout
         self.folder = Path(cache_dir) / "frames" / f"T{frames}-{policy}-{size}px"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir)
 
     def key(self, video: Video) -> str:
         """What the frames of `video` depend on besides this store's protocol (frames, sampling, size):
@@ -104,6 +106,7 @@ class FrameStore:
                 todo[file] = video
         if not todo:
             return failed
+        mark_cache(self.cache_dir)
         pool = ProcessPool(max_workers=min(self.workers, len(todo)), initializer=_one_thread, context=_context())
         try:
             futures = {pool.schedule(_decode_to_cache, args=(video.path, self.frames, self.policy, self.size,

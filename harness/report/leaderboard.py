@@ -64,7 +64,7 @@ UNRANKED = ("post", "approximate")  # labelled, listed apart, never ranked again
 class Column:
     key: str
     header: str  # HTML and Markdown
-    tex: str  # LaTeX (already LaTeX)
+    tex: str  # LaTeX, a shorter text where HTML's is too wide (plain text: escaped when rendered)
     better: str | None = None  # "higher", "lower" or None (not ranked)
 
 
@@ -232,14 +232,14 @@ def paired_against(entry: Entry, reference: Entry) -> PairedTest | None:
 def columns_for(entries: list[Entry], reference: Entry | None) -> list[Column]:
     present = {k for e in entries for k, v in e.values.items() if v is not None}
     columns = list(METRIC_COLUMNS)
-    optional = [Column("delta_reported", "ΔR@1 vs reported", r"$\Delta$R@1 vs rep."),
+    optional = [Column("delta_reported", "ΔR@1 vs reported", "ΔR@1 vs rep."),
                 Column("online_gmac", "GMAC / query (online)", "GMAC/query", "lower"),
                 Column("pair_mmac", "MMAC / pair", "MMAC/pair", "lower"),
-                Column("time_ratio", "time × ref", r"time $\times$ ref", "lower")]
+                Column("time_ratio", "time × ref", "time × ref", "lower")]
     columns += [c for c in optional if c.key in present]
     if reference is not None and any(e.paired is not None for e in entries):
         columns.append(Column("paired", f"ΔR@1 vs {reference.method} (p)",
-                              rf"$\Delta$R@1 vs {reference.method} ($p$)"))
+                              f"ΔR@1 vs {reference.method} (p)"))
     return columns
 
 
