@@ -201,12 +201,30 @@ def bytes_per_item(features: Features) -> int:
 
 @torch.no_grad()
 def fine_scores(method: Method, queries: Features, gallery: Features, candidates: Tensor, direction: str,
-                device: torch.device, mixed_precision: bool = False, budget: int = GATHER_BYTES) -> Tensor:
+                device: torch.device, mixed_precision: bool = False, budget: int = GATHER_BYTES,
+                query_index: Tensor | None = None) -> Tensor:
     """(n, k) float64: `method.score` of query i with each of its candidates (gallery indices, (n, k)) and
-    nothing else. The pairs are grouped by gallery item: each chosen item's features are gathered once, with
-    the queries that chose it (a gallery item's features are the large ones: gathering them once per pair
-    was most of the time). Items chosen by alike numbers of queries are scored together, that number padded
-    to a power of two, as many per call as `budget` bytes of gathered features allow."""
+    nothing else. Query i is `queries` item `query_index[i]` (default: item i). The features of the larger side
+    are gathered once: where a gallery item's are the larger (t2v: a video), the pairs are grouped by gallery
+    item (`fine_scores_by_item`); where a query's are (v2t: a video against its candidate captions), each query
+    is scored against its k candidates at once (`fine_scores_by_query`)."""
+    query_index = torch.arange(len(candidates)) if query_index is None else query_index
+    by = fine_scores_by_query if bytes_per_item(queries) > bytes_per_item(gallery) else fine_scores_by_item
+    fine = by(method, queries, gallery, candidates, query_index, direction, device, mixed_precision, budget)
+    return refuse_nan(fine, method, f"fine scores of {direction} candidates")
+
+
+def pair_scorer(method: Method, direction: str) -> Callable[[Features, Features], Tensor]:
+    """score(some queries, some gallery items) -> (queries, items), whichever side is the text."""
+    return method.score if direction == "t2v" else lambda queries, items: method.score(items, queries).t()
+
+
+def fine_scores_by_item(method: Method, queries: Features, gallery: Features, candidates: Tensor, query_index: Tensor,
+                        direction: str, device: torch.device, mixed_precision: bool, budget: int) -> Tensor:
+    """The pairs grouped by gallery item: each chosen item's features are gathered once, with the queries that
+    chose it (a gallery item's features are the large ones: gathering them once per pair was most of the time).
+    Items chosen by alike numbers of queries are scored together, that number padded to a power of two, as many
+    per call as `budget` bytes of gathered features allow."""
     n, k = candidates.shape
     item_bytes, query_bytes = bytes_per_item(gallery), bytes_per_item(queries)
     flat = candidates.reshape(-1)
@@ -215,10 +233,10 @@ def fine_scores(method: Method, queries: Features, gallery: Features, candidates
     starts = counts.cumsum(0) - counts
     width = counts.double().log2().ceil().long()  # 2**width >= count (exact: log2 of a power of two is whole)
     fine = torch.empty(n * k, dtype=torch.float64)
+    scorer = pair_scorer(method, direction)
 
     def one_item(chosen_by: Features, item: Features) -> Tensor:
-        item = {name: value.unsqueeze(0) for name, value in item.items()}
-        return method.score(chosen_by, item)[:, 0] if direction == "t2v" else method.score(item, chosen_by)[0]
+        return scorer(chosen_by, {name: value.unsqueeze(0) for name, value in item.items()})[:, 0]
 
     for bits in width.unique().tolist():
         group = (width == bits).nonzero()[:, 0]
@@ -230,11 +248,33 @@ def fine_scores(method: Method, queries: Features, gallery: Features, candidates
             filled = slots < counts[part].unsqueeze(1)
             # padding slots repeat the item's first pair; their scores are dropped
             positions = order[starts[part].unsqueeze(1) + torch.where(filled, slots, 0)]
-            chosen_by = move_features(take(queries, positions // k), device)
+            chosen_by = move_features(take(queries, query_index[positions // k]), device)
             with autocast(device, mixed_precision):
                 scores = torch.func.vmap(one_item)(chosen_by, move_features(take(gallery, items[part]), device))
             fine[positions[filled]] = scores.double().cpu()[filled]
-    return refuse_nan(fine.view(n, k), method, f"fine scores of {direction} candidates")
+    return fine.view(n, k)
+
+
+def fine_scores_by_query(method: Method, queries: Features, gallery: Features, candidates: Tensor,
+                         query_index: Tensor, direction: str, device: torch.device, mixed_precision: bool,
+                         budget: int) -> Tensor:
+    """Each query's features taken once and scored against its k candidates, gathered (the small side), as many
+    queries per call as `budget` bytes of features allow."""
+    n, k = candidates.shape
+    per_call = max(1, budget // (bytes_per_item(queries) + k * bytes_per_item(gallery)))
+    fine = torch.empty(n, k, dtype=torch.float64)
+    scorer = pair_scorer(method, direction)
+
+    def one_query(query: Features, items: Features) -> Tensor:
+        return scorer({name: value.unsqueeze(0) for name, value in query.items()}, items)[0]
+
+    for q0 in range(0, n, per_call):
+        rows = slice(q0, q0 + per_call)
+        query = move_features(take(queries, query_index[rows]), device)
+        with autocast(device, mixed_precision):
+            scores = torch.func.vmap(one_query)(query, move_features(take(gallery, candidates[rows]), device))
+        fine[rows] = scores.double().cpu()
+    return fine
 
 
 def rerank_block(method: Method, queries: Features, gallery: Features, block: Tensor, k: int, direction: str,
@@ -330,9 +370,8 @@ class TwoStageRanker:
         if not self.waiting:
             return []
         rows = torch.cat([torch.arange(w.q0, w.q0 + len(w.candidates)) for w in self.waiting])
-        fine = fine_scores(self.method, take(self.queries, rows), self.gallery,
-                           torch.cat([w.candidates for w in self.waiting]), self.direction, self.device,
-                           self.mixed_precision)
+        fine = fine_scores(self.method, self.queries, self.gallery, torch.cat([w.candidates for w in self.waiting]),
+                           self.direction, self.device, self.mixed_precision, query_index=rows)
         done, start = [], 0
         for waiting in self.waiting:
             block_fine, start = fine[start : start + len(waiting.candidates)], start + len(waiting.candidates)
@@ -408,10 +447,12 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
     captions scored above its own on column v (ties: the others scored equal), the same count the full
     matrix gives under either v2t convention. Its own caption's score is taken first from the diagonal tiles,
     the very tiles (same inputs, same call) the pass computes again, so every comparison is bitwise the full
-    matrix's; that costs n x chunk extra pairs instead of a second pass of n x n."""
+    matrix's; that costs n x chunk extra pairs instead of a second pass of n x n, and none where one block holds
+    the whole matrix (n <= chunk)."""
     n = count(video)
     own = torch.empty(n)
-    for start in range(0, n, chunk):
+    one_block = n <= chunk  # the pass's one block is the whole matrix: its diagonal is the own scores
+    for start in range(0, 0 if one_block else n, chunk):
         text_chunk = move_features(slice_features(text, start, start + chunk), device)
         video_chunk = move_features(slice_features(video, start, start + chunk), device)
         with autocast(device, mixed_precision):
@@ -420,6 +461,8 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
     for q0, block in query_blocks(method.score, text, video, "t2v", chunk, device, mixed_precision,
                                   lambda start: mine(start, chunk)):
         refuse_nan(block, method, f"scores of captions {q0}..{q0 + len(block) - 1}")
+        if one_block:
+            own = block.diagonal().clone()
         blocks.append((q0, rank_block(block, q0, owners, n, "t2v", MULTI_CAPTION_V2T)))
         above += count_true(block > own, dim=0)
         equal += count_true(block == own, dim=0)

@@ -86,13 +86,15 @@ def test_top_k_takes_the_lowest_indices_among_ties_at_the_kth_place():
     assert top_k(scores, 4).tolist() == [[1, 2, 3, 4], [0, 1, 2, 3]]
 
 
+@pytest.mark.parametrize("larger", ["video", "text"])  # grouped by the side whose features are the larger
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
-def test_fine_scores_are_each_querys_own_candidates_whatever_the_gather_budget(direction):
+def test_fine_scores_are_each_querys_own_candidates_whatever_the_gather_budget(direction, larger):
     from harness.evaluate import fine_scores
 
     coarse, fine = planted(30, 12, seed=5, levels=3), planted(30, 12, seed=6, levels=7)
     method = Toy(coarse, fine, 4)
     text, video = {"i": torch.arange(30)}, {"j": torch.arange(12)}
+    (video if larger == "video" else text)["padding"] = torch.zeros(30 if larger == "text" else 12, 16)
     queries, gallery, by_query = (text, video, fine) if direction == "t2v" else (video, text, fine.t())
     candidates = top_k((coarse if direction == "t2v" else coarse.t()).double(), 4)  # items chosen by many queries
     expected = by_query.double().gather(1, candidates)
@@ -146,3 +148,52 @@ def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_r
     assert [q0 for q0, _ in counted] == [0, 7]
     for (_, ranking), reference in zip(counted, expected):
         assert ranking.ranks.tolist() == reference.ranks.tolist() and ranking.tied.tolist() == reference.tied.tolist()
+
+
+def test_each_video_query_s_features_are_gathered_once_in_v2t(monkeypatch):
+    """v2t: a query is a video, whose features (EERCF: every patch token) are the large side; the fine scores take
+    each query's once, with its k candidate captions, instead of once per pair."""
+    import harness.evaluate as engine
+
+    n, k = 24, 5
+    method = Toy(planted(n, n, seed=7, levels=4), planted(n, n, seed=8, levels=9), k)
+    text, video = {"i": torch.arange(n)}, {"j": torch.arange(n), "patches": torch.zeros(n, 64)}
+    gathered = []
+    real_take = engine.take
+
+    def counting_take(features, index):
+        if "patches" in features:
+            gathered.append(index.numel())
+        return real_take(features, index)
+
+    monkeypatch.setattr(engine, "take", counting_take)
+    coarse, two_stage = rank_features(method, text, video, torch.arange(n), 8, CPU, directions=("v2t",))
+    assert sum(gathered) == n  # once per query; before, once per (query, candidate) pair: n x k
+    expected = reference(method, method.coarse, k, "v2t")
+    assert (two_stage.rankings["v2t"].ranks == video_to_text(expected, torch.arange(n), n).ranks).all()
+
+
+class CountingScore(Method):
+    name = "counting"
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+        self.pairs = 0
+
+    def score(self, text, video):
+        self.pairs += text["t"].shape[0] * video["v"].shape[0]
+        return text["t"] @ video["v"].t()
+
+
+@pytest.mark.parametrize("n, chunk", [(20, 32), (20, 20), (40, 16)])
+def test_a_square_split_is_scored_once_where_one_chunk_holds_it(n, chunk):
+    torch.manual_seed(3)
+    method = CountingScore()
+    text, video = {"t": torch.randn(n, 8)}, {"v": torch.randn(n, 8)}
+    (stage,) = rank_features(method, text, video, torch.arange(n), chunk, CPU)
+    # the diagonal tiles, taken first where several blocks make the matrix
+    extra = 0 if n <= chunk else sum(min(chunk, n - start) ** 2 for start in range(0, n, chunk))
+    assert method.pairs == n * n + extra
+    full = text["t"] @ video["v"].t()
+    assert (stage.rankings["t2v"].ranks == text_to_video(full, torch.arange(n)).ranks).all()
+    assert (stage.rankings["v2t"].ranks == video_to_text(full, torch.arange(n), n).ranks).all()
