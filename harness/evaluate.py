@@ -38,6 +38,13 @@ def move_features(features: Features, device: torch.device | str) -> Features:
     return {name: value.to(device) for name, value in features.items()}
 
 
+def stored(features: Features) -> Features:
+    """Encoder outputs as the engine keeps them: floating tensors in float32 (bf16 under autocast) on the CPU,
+    every other dtype as it is (a mask stays bool, an index integer), in every path alike (training,
+    validation, evaluation, the feature cache, the conformance check)."""
+    return {name: (value.float() if value.is_floating_point() else value).cpu() for name, value in features.items()}
+
+
 def autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
 
@@ -72,7 +79,7 @@ def encode_videos(method: Method, split: Split, store: FrameStore, batch_size: i
         pixels, mask = load_frames(store, split, indices, device)
         with autocast(device, mixed_precision):
             features = method.encode_video(pixels, mask)
-        parts[start] = move_features({k: v.float() for k, v in features.items()}, "cpu")
+        parts[start] = stored(features)
     return gathered(parts)
 
 
@@ -86,7 +93,7 @@ def encode_queries(method: Method, captions: list[str], words: int, batch_size: 
         end = min(start + batch_size, len(captions))
         with autocast(device, mixed_precision):
             features = method.encode_text(tokens[start:end].to(device), mask[start:end].to(device))
-        parts[start] = move_features({k: v.float() for k, v in features.items()}, "cpu")
+        parts[start] = stored(features)
     return gathered(parts)
 
 

@@ -25,6 +25,8 @@ import logging
 import re
 import zipfile
 from collections.abc import Callable
+from functools import cache
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,25 @@ def weights_digest(module: nn.Module) -> str:
 # The engine's code that every method's encoders run through (frames to pixels, tokens, the backbone).
 ENGINE_SOURCES = ("harness/api/backbone.py", "harness/api/method.py", "harness/api/blocks.py", "harness/evaluate.py", "harness/data/video.py",
                   "harness/data/text.py")
+
+
+@cache
+def installed_packages() -> dict[str, list[str]]:
+    """Top-level module -> the distributions that install it (read once: it scans every installed package)."""
+    return packages_distributions()
+
+
+def method_code(cls: type) -> dict[str, str | None]:
+    """Where a method's code comes from and what it is: its distribution (the installed package that provides
+    its module), that distribution's version, and `code_digest` (which tells two edits of one version apart)."""
+    top = cls.__module__.split(".")[0]
+    distributions = installed_packages().get(top, [])
+    distribution = distributions[0] if distributions else None
+    try:
+        installed = version(distribution) if distribution else None
+    except PackageNotFoundError:
+        installed = None
+    return {"distribution": distribution, "version": installed, "digest": code_digest(cls)}
 
 
 def code_digest(cls: type) -> str:

@@ -66,10 +66,12 @@ def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, su
             "test_videos": digest(videos["test"]), "training_videos": digest(videos["training"])}
 
 
-def method_fingerprint(spec: MethodSpec, run: dict[str, str], trains: bool) -> str:
+def method_fingerprint(spec: MethodSpec, run: dict[str, str], trains: bool, code: str) -> str:
+    """`code`: the digest of the method's source (harness.features.method_code): a plugin installed apart from
+    the harness, or edited in place, is not covered by the harness's own code version."""
     checkpoint = file_fingerprint(Path(spec.checkpoint).expanduser()) if spec.checkpoint else None
     shared = {k: v for k, v in run.items() if trains or k not in TRAINING_PARTS}
-    return digest({"method": spec.name, "params": spec.params, "checkpoint": checkpoint,
+    return digest({"method": spec.name, "params": spec.params, "checkpoint": checkpoint, "code": code,
                    "checkpoint_format": spec.checkpoint_format if spec.checkpoint else None, "run": shared})
 
 
@@ -111,9 +113,13 @@ def run_differences(stored: dict, now: dict, training: bool, stored_videos: dict
     return lines
 
 
-def method_differences(stored: dict, params: dict, checkpoint: str | None) -> list[str]:
+def method_differences(stored: dict, params: dict, checkpoint: str | None, code: dict) -> list[str]:
     """Why a stored method entry does not match the method about to run (its own part)."""
     lines = _changed(stored.get("params") or {}, params, "params.")
+    before = stored.get("code") or {}
+    if before.get("digest") != code["digest"]:
+        lines.append(f"code: {before.get('distribution')} {before.get('version')} ({before.get('digest')}) in the "
+                     f"stored run, {code['distribution']} {code['version']} ({code['digest']}) now: its source changed")
     given = stored.get("checkpoint") if "checkpoint_format" in stored else None  # else the run's own checkpoint
     if given != checkpoint:
         lines.append(f"checkpoint: {given} in the stored run, {checkpoint} now")

@@ -19,6 +19,7 @@ from harness.cost.report import cost_table, suite_cost
 from harness.data.check import frame_size
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
+from harness.features import method_code
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.data.benchmark import check_videos
 from harness.preflight import select_device, videos_by_role
@@ -107,14 +108,15 @@ def method_lines(suite: Suite, run_dir: Path | None, weights: Path | None) -> li
             action = f"train {suite.training.epochs} epoch(s), select ({suite.training.selection}), evaluate"
         else:
             action = "evaluate (nothing to train)"
-        fingerprint = method_fingerprint(spec, run, spec.trains(cls)) if run else None
+        code = method_code(cls)
+        fingerprint = method_fingerprint(spec, run, spec.trains(cls), code["digest"]) if run else None
         entry = (stored or {}).get("methods", {}).get(spec.name)
         state = run_dir / "checkpoints" / f"{spec.name}.train-state.pt" if run_dir else None
         if entry is not None:
             same = fingerprint is not None and entry.get("fingerprint") == fingerprint
             action = ("kept: finished in the run directory, same fingerprint" if same else
                       "refused without --force: finished in the run directory, differently ("
-                      + "; ".join(differences or method_differences(entry, spec.params, spec.checkpoint)) + ")")
+                      + "; ".join(differences or method_differences(entry, spec.params, spec.checkpoint, code)) + ")")
         elif state is not None and state.is_file():
             saved = torch.load(state, map_location="cpu", weights_only=True)
             action = (f"continue training after epoch {saved['epoch']}, then evaluate"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness import distributed
+from harness import distributed, registry
 from harness.checkpoints import load_checkpoint
 from harness.cost.model import method_cost
 from harness.cost.timing import time_method
@@ -29,7 +29,7 @@ from harness.data.benchmark import Split, drop_videos
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
 from harness.evaluate import StageRanks, evaluate_split
-from harness.features import FeatureCache
+from harness.features import FeatureCache, method_code
 from harness.files import atomic_torch_save, atomic_write
 from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.interrupt import Interrupted, Stopped, signal_number
@@ -48,7 +48,8 @@ def decode_split(store: FrameStore, split: Split, allow_partial: bool) -> Split:
     return drop_videos(split, failed, "unreadable", allow_partial)
 
 
-def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageRanks, k: int | None) -> list[dict]:
+def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: StageRanks, k: int | None,
+               code: dict) -> list[dict]:
     """One result row per direction of one retrieval stage, with its per-query ranks written out."""
     protocol, rows = suite.protocol, []
     for direction, ranking in stage.rankings.items():
@@ -64,7 +65,7 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
             "coverage": split.coverage, "queries": len(ranking.ranks),
             "gallery": len(split.captions) if direction == "v2t" and protocol.multi_caption_v2t ==
             "all-captions" and split.shape == "multi-caption" else len(split.videos),
-            "shape": split.shape, "ranks_file": ranks_file,
+            "shape": split.shape, "ranks_file": ranks_file, "code": code,
             **({"v2t_convention": protocol.multi_caption_v2t}
                if direction == "v2t" and split.shape == "multi-caption" else {}),
         }
@@ -129,7 +130,9 @@ def reusable_methods(stored: dict | None, results: dict, fingerprints: dict[str,
     for spec in suite.methods:
         entry = finished.get(spec.name)
         if entry is not None and entry.get("fingerprint") != fingerprints[spec.name] and not differences:
-            differences += [f"{spec.name} {line}" for line in method_differences(entry, spec.params, spec.checkpoint)]
+            code = method_code(registry.methods()[spec.name])
+            differences += [f"{spec.name} {line}" for line in method_differences(entry, spec.params, spec.checkpoint,
+                                                                                 code)]
     if differences and not force:
         raise refusal(run_dir, finished, differences)
     if differences:
@@ -255,7 +258,8 @@ def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[di
                                     ctx.quiet, tuple(evaluation.directions), cache=ctx.features,
                                     v2t_convention=suite.protocol.multi_caption_v2t, index=evaluation.index_spec()):
             if distributed.is_main():  # every rank ranked its share; rank 0 writes the rows and ranks files
-                rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates())
+                rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates(),
+                                   method_code(type(method)))
     return rows
 
 
@@ -273,7 +277,7 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
     """The stages of one method (train or load, evaluate, cost): its results entry and rows."""
     cls = ctx.prepared.methods[spec.name]
     method = build_method(ctx, spec)
-    entry = {"fingerprint": fingerprint, "params": asdict(method.params),
+    entry = {"fingerprint": fingerprint, "code": method_code(cls), "params": asdict(method.params),
              "trained": spec.trains(cls), "reported_as": cls.reported_as,
              "benchmark_defaults": cls.benchmark_defaults.get(ctx.suite.benchmark.name, {}),
              "protocol": method.protocol()}
@@ -316,7 +320,8 @@ def open_results(suite: Suite, prepared: Prepared, size: int, train_policy: str,
     """The results this run writes: a new skeleton carrying the stored run's methods and rows, each method's
     fingerprint, and the suite's methods kept from the stored run (a differing stored run is refused)."""
     results = new_results(suite, prepared, size, train_policy, device_type)
-    fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"], spec.trains(prepared.methods[spec.name]))
+    fingerprints = {spec.name: method_fingerprint(spec, results["fingerprint"], spec.trains(prepared.methods[spec.name]),
+                                                  method_code(prepared.methods[spec.name])["digest"])
                     for spec in suite.methods}
     kept = reusable_methods(stored, results, fingerprints, suite, run_dir, prepared.videos, force, log)
     if stored is not None and stored["methods"]:  # every stored method stays (one the suite no longer lists too)

@@ -199,83 +199,114 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
           spec: TrainingSpec, eval_batch: int, chunk: int, device: torch.device, quiet: bool = False,
           log=print, state_file: Path | None = None, fingerprint: str = "") -> TrainingRecord:
     """Train in place; on return the method holds the selected checkpoint's weights. With `state_file`,
-    continue from it when present and write it (with `fingerprint`, what produced it) after every epoch."""
+    continue from it when present and write it (with `fingerprint`, what produced it) after every epoch's
+    training, before its validation, and again after it: a run stopped during a validation continues at that
+    validation, not at the start of the epoch."""
     mixed = spec.mixed_precision and device.type == "cuda"
     optimizer = torch.optim.AdamW(parameter_groups(method, spec), betas=(0.9, 0.98), eps=1e-6)
     total = spec.epochs * len(batches)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step / total, spec.warmup_proportion))
-    max_log_scale = math.log(spec.max_logit_scale)
-    best_state, best_r1, best_epoch, step, first_epoch = None, -1.0, spec.epochs, 0, 1
+    loop = Loop(method, optimizer, schedule, batches, spec, device, mixed, quiet)
     record = TrainingRecord(spec.selection, spec.epochs, None, total)
     rank, world = distributed.rank(), distributed.world_size()
     if rank > 0:
         separate_random_streams(batches.seed, rank)
-    step_model = training_step(method, device)
+    first_epoch, pending = 1, None  # pending: an epoch trained whose validation has not run
     if state_file is not None and distributed.broadcast(state_file.is_file()):  # rank 0 decides for all
-        try:
-            saved = torch.load(state_file, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise TrainingError(f"{state_file}: the training state cannot be read ({error}); remove it to train "
-                                f"{method.name} from the start.") from None
-        if len(saved["ranks"]) != world:
-            raise TrainingError(f"{state_file}: written by a training in {len(saved['ranks'])} process(es); continue "
-                                f"it with as many (--nproc {len(saved['ranks'])}), or remove it to train {method.name} "
-                                "from the start.")
+        saved = read_training_state(state_file, method.name, world)
         method.load_state_dict(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         batches.load_state_dict(saved["ranks"][rank]["batches"])
         set_random_states(saved["ranks"][rank]["random"])
-        best_state, best_r1, best_epoch, step = saved["best_state"], saved["best_r1"], saved["best_epoch"], saved["step"]
-        record.history = saved["history"]
-        first_epoch = saved["epoch"] + 1
-        log(f"  {method.name}: continuing after epoch {saved['epoch']} of {spec.epochs} ({state_file.name})")
+        loop.best_state, loop.best_r1, loop.best_epoch, loop.step = (saved["best_state"], saved["best_r1"],
+                                                                     saved["best_epoch"], saved["step"])
+        record.history, pending = saved["history"], saved.get("pending")
+        first_epoch = saved["epoch"] + (pending is None)
+        log(f"  {method.name}: continuing " + (f"at the validation of epoch {saved['epoch']}" if pending else
+                                               f"after epoch {saved['epoch']}") + f" of {spec.epochs} ({state_file.name})")
+
+    def save(epoch: int, pending_entry: dict | None) -> None:
+        if state_file is None:
+            return
+        ranks = distributed.gather_objects({"batches": batches.state_dict(), "random": random_states()})
+        if rank == 0:
+            state = {"fingerprint": fingerprint, "epoch": epoch, "step": loop.step, "method": cpu_state(method),
+                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "ranks": ranks,
+                     "best_state": loop.best_state, "best_r1": loop.best_r1, "best_epoch": loop.best_epoch,
+                     "history": record.history, "pending": pending_entry}
+            atomic_torch_save(state_file, state, "training state")
+
     for epoch in range(first_epoch, spec.epochs + 1):
-        method.train()
-        sums: dict[str, float] = {}
-        steps = progress(batches, f"{method.name} epoch {epoch}/{spec.epochs}", quiet)
-        for frames, frame_mask, tokens, token_mask in steps:
-            with autocast(device, mixed):
-                frame_mask = frame_mask.to(device)
-                terms = step_model(to_pixels(frames.to(device), frame_mask), frame_mask, tokens.to(device),
-                                   token_mask.to(device))
-            loss = terms["total"]
-            if not torch.isfinite(loss):
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise TrainingError(f"{method.name}: non-finite loss at epoch {epoch}, step {step + 1} ({values}). "
-                                    "Lower the learning rate or check the inputs; no checkpoint was saved from this step.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip > 0:  # on the averaged gradient: the same on every rank as in one process
-                nn.utils.clip_grad_norm_(method.parameters(), spec.grad_clip)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            with torch.no_grad():
-                method.backbone.logit_scale.clamp_(max=max_log_scale)
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            steps.set_postfix(loss=f"{loss.item():.4f}")
-        entry = {"epoch": epoch, **{f"loss_{k}": v / len(batches) for k, v in sums.items()}}
+        entry, pending = pending or loop.epoch(epoch), None
         if validation is not None:
+            save(epoch, entry)  # trained: a stop during the validation continues at it
             # every rank encodes and ranks its share of the validation split and ends with the same R@1
             entry["validation_R1"] = validation_r1(method, validation, eval_store, words, eval_batch, chunk, device,
                                                    mixed)
-            if spec.selection == "validation" and entry["validation_R1"] > best_r1:
-                best_r1, best_epoch = entry["validation_R1"], epoch
-                best_state = cpu_state(method)
+            if spec.selection == "validation" and entry["validation_R1"] > loop.best_r1:
+                loop.best_r1, loop.best_epoch = entry["validation_R1"], epoch
+                loop.best_state = cpu_state(method)
         record.history.append(entry)
         log(f"  {method.name} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
-        if state_file is not None:
-            ranks = distributed.gather_objects({"batches": batches.state_dict(), "random": random_states()})
-            if rank == 0:
-                state = {"fingerprint": fingerprint, "epoch": epoch, "step": step, "method": cpu_state(method),
-                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "ranks": ranks,
-                         "best_state": best_state, "best_r1": best_r1, "best_epoch": best_epoch,
-                         "history": record.history}
-                atomic_torch_save(state_file, state, "training state")
-    if best_state is not None:
-        method.load_state_dict(best_state)
-        record.best_epoch, record.best_validation_r1 = best_epoch, best_r1
+        save(epoch, None)
+    if loop.best_state is not None:
+        method.load_state_dict(loop.best_state)
+        record.best_epoch, record.best_validation_r1 = loop.best_epoch, loop.best_r1
     return record
+
+
+def read_training_state(state_file: Path, method: str, world: int) -> dict:
+    try:
+        saved = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TrainingError(f"{state_file}: the training state cannot be read ({error}); remove it to train "
+                            f"{method} from the start.") from None
+    if len(saved["ranks"]) != world:
+        raise TrainingError(f"{state_file}: written by a training in {len(saved['ranks'])} process(es); continue "
+                            f"it with as many (--nproc {len(saved['ranks'])}), or remove it to train {method} "
+                            "from the start.")
+    return saved
+
+
+class Loop:
+    """The optimisation of one training: its epochs' steps, the step count and the best validated weights."""
+
+    def __init__(self, method: Method, optimizer, schedule, batches: PairBatches, spec: TrainingSpec,
+                 device: torch.device, mixed: bool, quiet: bool):
+        self.method, self.optimizer, self.schedule, self.batches = method, optimizer, schedule, batches
+        self.spec, self.device, self.mixed, self.quiet = spec, device, mixed, quiet
+        self.step_model = training_step(method, device)
+        self.max_log_scale = math.log(spec.max_logit_scale)
+        self.best_state, self.best_r1, self.best_epoch, self.step = None, -1.0, spec.epochs, 0
+
+    def epoch(self, epoch: int) -> dict:
+        """Train one epoch; its history entry (the mean of every loss term)."""
+        method, spec, device = self.method, self.spec, self.device
+        method.train()
+        sums: dict[str, float] = {}
+        steps = progress(self.batches, f"{method.name} epoch {epoch}/{spec.epochs}", self.quiet)
+        for frames, frame_mask, tokens, token_mask in steps:
+            with autocast(device, self.mixed):
+                frame_mask = frame_mask.to(device)
+                terms = self.step_model(to_pixels(frames.to(device), frame_mask), frame_mask, tokens.to(device),
+                                        token_mask.to(device))
+            loss = terms["total"]
+            if not torch.isfinite(loss):
+                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                raise TrainingError(f"{method.name}: non-finite loss at epoch {epoch}, step {self.step + 1} ({values}). "
+                                    "Lower the learning rate or check the inputs; no checkpoint was saved from this step.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if spec.grad_clip > 0:  # on the averaged gradient: the same on every rank as in one process
+                nn.utils.clip_grad_norm_(method.parameters(), spec.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+            self.step += 1
+            with torch.no_grad():
+                method.backbone.logit_scale.clamp_(max=self.max_log_scale)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            steps.set_postfix(loss=f"{loss.item():.4f}")
+        return {"epoch": epoch, **{f"loss_{k}": v / len(self.batches) for k, v in sums.items()}}

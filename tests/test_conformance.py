@@ -229,3 +229,36 @@ def test_a_parameter_of_the_method_grouped_with_the_backbone_is_caught(backbone)
     assert set(broken) == {"parameter-ownership"}
     assert "added by the method but grouped with the backbone" in broken["parameter-ownership"]
     assert "backbone.clip.visual.prompt" in broken["parameter-ownership"]
+
+
+class InvertedMask(ProjectedMean):
+    """Keeps the frame mask among its video features and inverts it in `score` (`~mask`, as a plugin author
+    writes it), recording the dtype it arrives in."""
+
+    seen: list = []
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
+        return {**super().encode_video(frames, frame_mask), "frame_mask": frame_mask}
+
+    def score(self, text: Features, video: Features) -> Tensor:
+        self.seen.append(video["frame_mask"].dtype)
+        padded = (~video["frame_mask"]).sum(dim=1)
+        return super().score(text, video) + 0.0 * padded.unsqueeze(0)
+
+
+def test_masks_reach_score_as_bool_in_the_check_and_in_the_engine_s_evaluation(backbone, tmp_path, videos):
+    from harness.data.benchmark import Split, Video
+    from harness.data.frames import FrameStore
+    from harness.evaluate import evaluate_split
+
+    InvertedMask.seen = []
+    assert not failures(check_method(InvertedMask, backbone=backbone, count_cost=False, **SHAPES))
+    ids = ["test0", "test1", "test2"]
+    split = Split("test", "square", [Video(i, videos / f"{i}.mp4") for i in ids], [f"a clip {i}" for i in ids],
+                  [0, 1, 2])
+    store = FrameStore(tmp_path / "cache", SHAPES["frames"], "fps1-linspace", backbone.image_size, quiet=True)
+    store.prepare(split.videos)
+    method = InvertedMask(copy.deepcopy(backbone), HeadParams())
+    (stage,) = evaluate_split(method, split, store, SHAPES["words"], 2, 2, torch.device("cpu"), quiet=True)
+    assert len(stage.rankings["t2v"].ranks) == 3
+    assert set(InvertedMask.seen) == {torch.bool}  # in the check (every rule) and in the evaluation

@@ -50,7 +50,8 @@ def test_a_run_killed_mid_training_resumes_to_the_rows_and_history_of_an_uninter
     process.send_signal(signal.SIGTERM)  # zeroshot finished, X-Pool a few epochs into its training
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
-    stopped_after = torch.load(state, weights_only=True)["epoch"]
+    saved = torch.load(state, weights_only=True)
+    stopped_after, at_validation = saved["epoch"], saved["pending"] is not None  # stopped in a validation or not
     assert 1 <= stopped_after < EPOCHS
     assert set(results(run_dir)["methods"]) == {"zeroshot"}
 
@@ -59,8 +60,9 @@ def test_a_run_killed_mid_training_resumes_to_the_rows_and_history_of_an_uninter
                            cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"zeroshot: kept (finished earlier in {run_dir}, same fingerprint)" in again.stdout  # not evaluated again
-    assert f"xpool: continuing after epoch {stopped_after} of {EPOCHS}" in again.stdout
-    assert f"xpool epoch {stopped_after}:" not in again.stdout and f"xpool epoch {EPOCHS}:" in again.stdout
+    where = f"at the validation of epoch {stopped_after}" if at_validation else f"after epoch {stopped_after}"
+    assert f"xpool: continuing {where} of {EPOCHS}" in again.stdout
+    assert (f"xpool epoch {stopped_after}:" in again.stdout) == at_validation and f"xpool epoch {EPOCHS}:" in again.stdout
 
     resumed, uninterrupted = results(run_dir), results(reference)
     assert resumed["rows"] == uninterrupted["rows"]  # exactly: every metric and every count
@@ -214,3 +216,101 @@ def test_dry_run_says_what_would_run_and_what_is_kept_and_writes_nothing(tmp_pat
     assert ("zeroshot               refused without --force: finished in the run directory, differently (suite "
             "protocol.frames: 2 in the stored run, 3 now)") in out
     assert snapshot(tmp_path) == before
+
+
+def test_a_stop_during_an_epoch_s_validation_continues_at_that_validation(tmp_path, vatex, tiny_clip, monkeypatch,
+                                                                          capsys):
+    import harness.train as train_module
+
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "xpool"}], epochs=3, training=TRAINING)
+    reference = tmp_path / "uninterrupted"
+    assert main(["run", str(suite), "--output", str(reference), "--quiet"]) == 0
+    real_validation, calls = train_module.validation_r1, []
+
+    def stopped_in_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while epoch 2 is being validated
+        return real_validation(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_r1", stopped_in_the_second)
+    run_dir = tmp_path / "interrupted"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 130
+    saved = torch.load(run_dir / "checkpoints" / "xpool.train-state.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["pending"]["epoch"] == 2 and "loss_total" in saved["pending"]
+    assert [entry["epoch"] for entry in saved["history"]] == [1]  # epoch 2 trained, its validation pending
+    monkeypatch.setattr(train_module, "validation_r1", real_validation)
+    capsys.readouterr()
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "xpool: continuing at the validation of epoch 2 of 3" in out
+    assert results(run_dir)["rows"] == results(reference)["rows"]  # exactly: epoch 2 was not trained again
+    assert results(run_dir)["methods"]["xpool"]["training"] == results(reference)["methods"]["xpool"]["training"]
+
+
+PLUGIN = '''"""A plugin method edited between two runs."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from harness.api import Features, Method, masked_mean
+
+SCALE = 100.0
+
+
+@dataclass
+class Params:
+    """none"""
+
+
+class Mean(Method):
+    name = "edited-plugin"
+    Params = Params
+    trainable = False
+
+    def encode_video(self, frames, frame_mask) -> Features:
+        return {"video": F.normalize(masked_mean(self.backbone.encode_frames(frames), frame_mask), dim=-1)}
+
+    def encode_text(self, tokens, token_mask) -> Features:
+        return {"text": F.normalize(self.backbone.encode_sentence(tokens), dim=-1)}
+
+    def score(self, text, video):
+        return SCALE * text["text"] @ video["video"].t()
+'''
+
+
+def test_a_plugin_whose_code_changed_is_refused_on_resume_and_rerun_with_force(tmp_path, vatex, tiny_clip,
+                                                                               monkeypatch, capsys):
+    import importlib
+
+    from harness import registry
+
+    package = tmp_path / "plugins" / "edited_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(package.parent))
+    plugin = importlib.import_module("edited_plugin")
+    methods = registry.Registry(registry.METHOD_GROUP, registry.methods().plugins() + [
+        registry.Plugin("edited-plugin", "edited_plugin:Mean", "edited-plugin", loaded=plugin.Mean)])
+    monkeypatch.setattr(registry, "methods", lambda: methods)
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "edited-plugin"}])
+    run_dir = tmp_path / "run"
+    assert main(["run", str(suite), "--output", str(run_dir), "--quiet"]) == 0
+    first = results(run_dir)
+    code = first["methods"]["edited-plugin"]["code"]
+    assert code["digest"] and all(row["code"] == code for row in first["rows"])  # recorded with every row
+    (package / "__init__.py").write_text(PLUGIN.replace("SCALE = 100.0", "SCALE = 0.0"))  # every score now 0
+    capsys.readouterr()
+    before = snapshot(run_dir)
+    assert main(["run", str(suite), "--resume", str(run_dir), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "edited-plugin code: " in error and "its source changed" in error
+    assert snapshot(run_dir) == before
+    importlib.reload(plugin)  # the edited code, as a new process would import it
+    methods.by_name["edited-plugin"] = [registry.Plugin("edited-plugin", "edited_plugin:Mean", "edited-plugin",
+                                                        loaded=plugin.Mean)]
+    assert main(["run", str(suite), "--resume", str(run_dir), "--force", "--quiet"]) == 0
+    rerun = results(run_dir)
+    assert rerun["methods"]["edited-plugin"]["code"]["digest"] != code["digest"]
+    assert rerun["resumes"][-1]["forced"] and rerun["resumes"][-1]["kept"] == []
+    assert all(row["ties"] == row["queries"] for row in rerun["rows"])  # the edited scores: all 0, all tied

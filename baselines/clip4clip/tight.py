@@ -73,7 +73,7 @@ class TightTransf(MeanP):
     def score(self, text: Features, video: Features) -> Tensor:
         n_t, n_v = text["text"].shape[0], video["frames"].shape[0]
         pairs = torch.cartesian_prod(torch.arange(n_t), torch.arange(n_v)).to(text["text"].device)
-        mask = video["frame_mask"].bool()
+        mask = video["frame_mask"]
         parts = [self.cross(text["text"][chunk[:, 0]], video["frames"][chunk[:, 1]], mask[chunk[:, 1]])
                  for chunk in pairs.split(self.params.pair_chunk)]
         return torch.cat(parts).view(n_t, n_v)

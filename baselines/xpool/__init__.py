@@ -96,7 +96,7 @@ class XPool(Method):
 
     def pooled(self, text: Features, video: Features) -> Tensor:
         """(n_v, n_t, D): every video pooled for every text (the official `pool_frames` output)."""
-        return self.pool(text["text"], video["frames"], video["frame_mask"].bool())
+        return self.pool(text["text"], video["frames"], video["frame_mask"])
 
     def score(self, text: Features, video: Features) -> Tensor:
         queries = F.normalize(text["text"], dim=-1)

@@ -33,7 +33,7 @@ from torch import Tensor
 from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.text import tokenize, vocabulary_size
 from harness.errors import HarnessError
-from harness.evaluate import score_in_chunks, take
+from harness.evaluate import score_in_chunks, stored, take
 from harness.api.method import PADDED_FRAMES, PADDED_WORDS, Features, Method
 from harness.suite import Suite
 
@@ -146,8 +146,10 @@ def score_problems(scores: object, n_text: int, n_video: int, what: str) -> list
 
 @torch.no_grad()
 def evaluate(method: Method, inputs: Inputs, score_fn: Callable | None = None) -> tuple[Features, Features, Tensor]:
-    text = method.encode_text(inputs.tokens, inputs.token_mask)
-    video = method.encode_video(inputs.pixels, inputs.frame_mask)
+    """Encoded and scored as the engine's evaluation does (and its validation): the features kept as the engine
+    keeps them (`harness.evaluate.stored`: float32, masks bool)."""
+    text = stored(method.encode_text(inputs.tokens, inputs.token_mask))
+    video = stored(method.encode_video(inputs.pixels, inputs.frame_mask))
     return text, video, (score_fn or method.score)(text, video)
 
 

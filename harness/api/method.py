@@ -17,7 +17,9 @@ from harness.api.backbone import Backbone
 from harness.errors import CheckpointError
 
 # A mapping of named tensors whose first dimension indexes items (videos or queries): the engine
-# slices, concatenates, moves and caches it without knowing what is inside.
+# slices, concatenates, moves and caches it without knowing what is inside. It keeps floating tensors in
+# float32 and every other dtype as returned: a mask a method stores as bool reaches `score` and `loss` as bool
+# in training, validation and evaluation alike.
 Features = dict[str, Tensor]
 
 # protocol() keys by which a method declares that its scores read the content of padded frames or padded
