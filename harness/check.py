@@ -74,8 +74,18 @@ def row_key(row: dict) -> tuple:
     return tuple(str(row.get(k, KEY_DEFAULTS.get(k, ""))) for k in KEY)
 
 
+def refuse_limited(run: Run) -> None:
+    """A --limit run (each split's first videos) is a smoke test: its numbers are never gated or compared."""
+    limited = sorted({row["limit"] for row in run.results["rows"] if "limit" in row})
+    if limited:
+        raise HarnessError(f"{run.folder}: its rows come from a --limit run (the first {limited[0]} videos of each "
+                           "split): a smoke test, never gated against a baseline or compared with published numbers. "
+                           "Run the suite without --limit.")
+
+
 def baseline_rows(run: Run) -> list[dict]:
     """The run's rows reduced to what the gate compares."""
+    refuse_limited(run)
     rows = []
     for row in run.results["rows"]:
         cost = run.results.get("methods", {}).get(row["method"], {}).get("cost") or {}
@@ -149,6 +159,7 @@ def compare_with_baseline(run: Run, baseline: dict, tolerances: dict[str, Tolera
 
 
 def compare_with_reported(run: Run, tolerances: dict[str, Tolerance], reported_csv: Path | None = None) -> pd.DataFrame:
+    refuse_limited(run)
     reported = read_reported(reported_csv)
     suite = run.results.get("suite", {})
     arch, train_split = suite.get("backbone", {}).get("arch", ""), suite.get("benchmark", {}).get("train_split")

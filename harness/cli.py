@@ -28,7 +28,7 @@ def _load_suite(args: argparse.Namespace, checkpoints: dict[str, tuple[str, str]
     --cache-dir applied."""
     from harness.suite import load_suite
 
-    overrides = list(args.set)
+    overrides = list(args.set) + ([f"benchmark.limit={args.limit}"] if getattr(args, "limit", None) is not None else [])
     methods = method_selection(args.methods)
     for name, (path, checkpoint_format) in (checkpoints or {}).items():
         overrides += [f"methods.{name}.checkpoint={path}", f"methods.{name}.checkpoint_format={checkpoint_format}"]
@@ -75,6 +75,7 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
             for value in values:
                 command += [option, value]
         command += ["--methods", args.methods] if args.methods else []
+        command += ["--limit", str(args.limit)] if args.limit is not None else []
         command += ["--cache-dir", args.cache_dir] if args.cache_dir else []
         command += ["--quiet"] if args.quiet else []
         if getattr(args, "executor", None):
@@ -362,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--dry-run", action="store_true", help="print the resolved suite, what would run, what "
                                                                     "is cached or resumable, and the counted cost")
         command.add_argument("--cache-dir", help="override the suite's cache_dir (generated data, frames, backbones)")
+        command.add_argument("--limit", type=int, metavar="N", help="a smoke test: the first N videos of each split "
+                                                                   "(benchmark.limit); its rows say so and are never "
+                                                                   "gated or compared with published numbers")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         command.set_defaults(handler=handler)
     for command in (run, evaluate):

@@ -136,7 +136,15 @@ def load_splits(suite: Suite, benchmark: Benchmark, methods: dict[str, type], pr
             splits["train"], suite.training.validation_videos, suite.seed))
         if carved is not None:
             splits["train"], splits["validation"] = carved
+    if spec.limit is not None:
+        splits = {role: [first_videos(s, spec.limit) for s in split] if role == "test" else first_videos(split, spec.limit)
+                  for role, split in splits.items()}
     return splits
+
+
+def first_videos(split: Split | None, limit: int) -> Split | None:
+    """`benchmark.limit`: the split's first `limit` videos and their captions (a smoke test)."""
+    return split if split is None or len(split.videos) <= limit else split.subset(split.name, list(range(limit)))
 
 
 def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:

@@ -66,6 +66,7 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
             "gallery": len(split.captions) if direction == "v2t" and protocol.multi_caption_v2t ==
             "all-captions" and split.shape == "multi-caption" else len(split.videos),
             "shape": split.shape, "ranks_file": ranks_file, "code": code,
+            **({"limit": suite.benchmark.limit} if suite.benchmark.limit is not None else {}),
             **({"v2t_convention": protocol.multi_caption_v2t}
                if direction == "v2t" and split.shape == "multi-caption" else {}),
         }

@@ -51,6 +51,9 @@ class BenchmarkSpec:
     allow_partial_gallery: bool = False
     # Seconds one video may take to decode; a video that makes the decoder hang is reported as unreadable.
     decode_timeout: float = 120.0
+    # A smoke test: only the first `limit` videos of each split (with their captions). Its rows say so and are
+    # never gated or compared with published numbers (`harness run --limit N` sets it).
+    limit: int | None = None
 
 
 @dataclass
@@ -156,6 +159,7 @@ class Range:
 # Checked when the suite is read (file and --set alike), so that a value out of range never reaches the work.
 RANGES: dict[tuple[type, str], Range] = {
     (BenchmarkSpec, "decode_timeout"): Range(0, open_low=True, why="seconds"),
+    (BenchmarkSpec, "limit"): Range(1, why="videos per split"),
     (ProtocolSpec, "frames"): Range(1),
     (ProtocolSpec, "words"): Range(3, why="the start and end tokens and at least one word"),
     (ProtocolSpec, "image_size"): Range(1, why="pixels"),

@@ -336,3 +336,25 @@ def test_an_empty_or_truncated_checkpoint_is_named_plainly(tmp_path, vatex, tiny
     assert f"cannot read clip4clip-meanp checkpoint {checkpoint}: {message}" in error
     assert "central directory" not in error and "miniz" not in error
     assert not (tmp_path / "run").exists()
+
+
+# -- a smoke test on the first videos (--limit) ---------------------------------------------------------------
+
+def test_limit_runs_the_first_videos_labels_every_row_and_is_never_gated(tmp_path, vatex, tiny_clip, capsys):
+    suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}])
+    run_dir = tmp_path / "limited"
+    assert main(["run", str(suite), "--output", str(run_dir), "--limit", "2", "--quiet"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rows"] and all(row["limit"] == 2 and row["gallery"] == 2 for row in results["rows"])
+    assert {row["queries"] for row in results["rows"] if row["direction"] == "t2v"} == {4}  # 2 videos x 2 captions
+    assert results["invocation"]["overrides"] == ["benchmark.limit=2"]
+    capsys.readouterr()
+    for command in (["check", str(run_dir), "--against", "reported"],
+                    ["check", str(run_dir), "--write-baseline", str(tmp_path / "b.json")]):
+        assert main(command) == 2
+        assert "from a --limit run (the first 2 videos of each split): a smoke test" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+    assert main(["report", str(run_dir), "--format", "md", "--resamples", "10"]) == 0
+    assert "limited: first 2 videos" in (run_dir / "report" / "report.md").read_text()
+    assert main(["run", str(suite), "--resume", str(run_dir), "--quiet"]) == 2  # the full run is another run
+    assert "suite benchmark.limit: 2 in the stored run, None now" in capsys.readouterr().err

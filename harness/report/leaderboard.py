@@ -191,6 +191,8 @@ def own_entry(run: Run, row: dict, direction: str, duplicate: bool, resamples: i
         label += f" [approximate: {row['index']} index, recall@10 {row['index_recall']:.3f}]"
     if duplicate:
         label += f" [{run.name}]"
+    if "limit" in row:
+        label += f" [limited: first {row['limit']} videos]"
     values: dict[str, float | None] = {m: float(row[m]) for m in METRICS}
     record = run.results.get("methods", {}).get(row["method"], {}).get("cost")
     if record:
@@ -206,8 +208,8 @@ def own_entry(run: Run, row: dict, direction: str, duplicate: bool, resamples: i
 
 
 def published_entry(run: Run, row: dict, reported: pd.DataFrame, seen: set) -> Entry | None:
-    if row.get("stage", "single") not in ("single", "two-stage") or row.get("approximate"):
-        return None
+    if row.get("stage", "single") not in ("single", "two-stage") or row.get("approximate") or "limit" in row:
+        return None  # a first stage alone, an approximate search or a smoke test is not what a paper reports
     method = run.results.get("methods", {}).get(row["method"], {})
     suite = run.results.get("suite", {})
     match = counterpart(reported, method.get("reported_as"), row, suite.get("backbone", {}).get("arch", ""),
