@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.clip4clip import MeanP
 from harness import registry
 from harness.api.conformance import check_backbone, check_method, failures
 from harness.api.method import PADDED_FRAMES, Features, Method, masked_mean, symmetric_cross_entropy

@@ -28,7 +28,6 @@ from conftest import GOLDEN_DIR, load_golden
 from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
 from harness.evaluate import score_in_chunks
-from harness.api.method import symmetric_cross_entropy
 from harness.suite import parse_suite
 from methods.glscl import GLSCL, GLSCLParams
 from methods.glscl.interaction import global_frame_weights, global_scores

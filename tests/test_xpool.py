@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines.xpool import XPool, XPoolParams
-from conftest import GOLDEN_DIR, load_golden
+from conftest import load_golden
 from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.errors import CheckpointError
 

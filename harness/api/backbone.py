@@ -159,7 +159,8 @@ def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu
     available = state["positional_embedding"].shape[0]
     if context_length > available:
         raise CheckpointError(f"{source}: {context_length} words requested, the checkpoint has {available} positions.")
-    state["positional_embedding"] = state["positional_embedding"][:context_length]
+    positions = state["positional_embedding"]
+    state["positional_embedding"] = positions[:context_length]
     if arch == "auto":
         if "visual.proj" not in state:
             raise CheckpointError(f"{source}: arch 'auto' needs OpenAI-layout ViT weights (no visual.proj found).")
@@ -171,14 +172,17 @@ def load_clip(arch: str, checkpoint: str | Path, context_length: int, quick_gelu
             arch, force_context_length=context_length, force_quick_gelu=quick_gelu, precision="fp32"
         )
     load_weights_strictly(model, state, source)
-    return model.float()
+    model = model.float()
+    # every text position of the checkpoint (beyond the words used): what heads initialise positions from
+    model.checkpoint_positional_embedding = positions.detach().float().clone()
+    return model
 
 
 class Backbone(nn.Module):
     """open_clip CLIP -> t, W (text) and F (frames), whole or stage by stage.
 
-    The visual tower in open_clip's own stages: `frame_tokens` (patch embedding, class token, positions,
-    ln_pre), the ordered blocks `visual_blocks` (run by `run_visual_blocks`, or one by one by a method that
+    The visual tower in open_clip's own stages: `frame_tokens` (`frame_embeddings`: patch embedding, class
+    token, positions; then `prepare_tokens`: ln_pre), the ordered blocks `visual_blocks` (run by `run_visual_blocks`, or one by one by a method that
     inserts work between them), and `pool_frames` / `project_tokens` (ln_post, proj). `encode_frames` is
     their composition. The text tower likewise: `text_embeddings`, `text_attention_mask`, `text_blocks`,
     `project_text`. A method may run the stages itself (insert a module between two blocks, wrap a block,
@@ -219,20 +223,33 @@ class Backbone(nn.Module):
         """The visual transformer's residual-attention blocks, in order."""
         return self.clip.visual.transformer.resblocks
 
-    def frame_tokens(self, images: Tensor) -> Tensor:
-        """images (N, 3, H, W) -> (N, 1 + patches, width): patch embedding, class token first, positions,
-        patch dropout (identity unless configured), ln_pre: the input of the first block."""
+    def frame_embeddings(self, images: Tensor) -> Tensor:
+        """images (N, 3, H, W) -> (N, 1 + patches, width): patch embedding, class token first, positions (what a
+        method adds its own embeddings to before `prepare_tokens`)."""
         visual = self.clip.visual
         x = visual.conv1(images)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+
+    def prepare_tokens(self, x: Tensor) -> Tensor:
+        """Embedded tokens (N, tokens, width) -> the input of the first block: patch dropout (identity unless
+        configured), ln_pre."""
+        visual = self.clip.visual
         return visual.ln_pre(visual.patch_dropout(x))
+
+    def frame_tokens(self, images: Tensor) -> Tensor:
+        """images (N, 3, H, W) -> (N, 1 + patches, width): `frame_embeddings` then `prepare_tokens`."""
+        return self.prepare_tokens(self.frame_embeddings(images))
 
     def run_visual_blocks(self, x: Tensor, start: int = 0, stop: int | None = None,
                           attn_mask: Tensor | None = None) -> Tensor:
         """x (N, tokens, width) through blocks start..stop-1 (default: all), with an optional attention mask
-        (tokens x tokens, or (N * heads, tokens, tokens), additive or bool as torch's attention takes it)."""
+        (tokens x tokens, or (N * heads, tokens, tokens)): additive (float), or bool with True where attention is
+        not allowed, as torch's attention takes it (turned into -inf here: open_clip's blocks would cast a bool
+        mask to the activations' dtype, 1.0 where masked)."""
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(attn_mask, -torch.inf)
         batch_first = self.clip.visual.transformer.batch_first
         x = x if batch_first else x.transpose(0, 1)
         for block in self.visual_blocks[start:stop]:

@@ -56,10 +56,12 @@ def temporal_transformer(blocks: nn.ModuleList, positions: nn.Embedding, feature
 
 
 def text_positions(backbone, rows: int) -> nn.Embedding:
-    """A position embedding of `rows` rows starting as the backbone's text positional embedding."""
+    """A position embedding of `rows` rows starting as the backbone's text positional embedding: every position
+    of the CLIP checkpoint (77 for OpenAI's), not only the suite's words; rows beyond them drawn at random."""
     embedding = nn.Embedding(rows, backbone.embed_dim)
     nn.init.normal_(embedding.weight, std=0.02)
-    source = backbone.clip.positional_embedding.detach()
+    clip = backbone.clip
+    source = getattr(clip, "checkpoint_positional_embedding", clip.positional_embedding).detach()
     count = min(rows, source.shape[0])
     with torch.no_grad():
         embedding.weight[:count] = source[:count]

@@ -256,7 +256,8 @@ def check_loss(method: Method, inputs: Inputs) -> Finding:
     value = float(total.detach())
     names = {id(p): n for n, p in method.named_parameters()}
     head = [p for p in method.head_parameters() if p.requires_grad]
-    missing = [names[id(p)] for p in head if p.grad is None or not bool(p.grad.any())]
+    missing = [names[id(p)] for p in head if p.grad is None]
+    zero = [names[id(p)] for p in head if p.grad is not None and not bool(p.grad.any())]
     broken = [names[id(p)] for p in head if p.grad is not None and not torch.isfinite(p.grad).all()]
     if missing or broken:
         return Finding("loss-gradients", False, f"loss['total'] = {value:.6g}; "
@@ -264,7 +265,8 @@ def check_loss(method: Method, inputs: Inputs) -> Finding:
                        + ("; " if missing and broken else "")
                        + (f"non-finite gradient in {', '.join(broken)}" if broken else ""))
     return Finding("loss-gradients", True, f"loss['total'] = {value:.6g}; gradient reaches all {len(head)} head "
-                                           "parameters")
+                                           "parameters" + (f" (exactly zero for now in {', '.join(zero)}: e.g. behind "
+                                                           "a zero-initialised layer)" if zero else ""))
 
 
 def check_ownership(method: Method, checkpoint_parameters: int) -> Finding:

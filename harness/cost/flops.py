@@ -3,8 +3,8 @@
 - fvcore traces the call (torch.jit.trace) and counts one per multiply-add (MACs); it also counts norms.
 - torch's FlopCounterMode counts 2 per multiply-add (true FLOPs); stored here halved, as MACs.
 Traps handled while counting: the nn.MultiheadAttention fast path is switched off (it would hide the
-attention from both counters); scaled-dot-product attention gets a handle in fvcore and a formula for
-the CPU flash kernel in FlopCounterMode. An operator fvcore cannot count that does matrix work is an
+attention from both counters); scaled-dot-product attention, LSTMs and torch.cdist get a handle in fvcore
+and a formula in FlopCounterMode (FVCORE_EXTRA, FLOP_COUNTER_EXTRA: the one table of what is added). An operator fvcore cannot count that does matrix work is an
 error; the two counters must agree within 1% once fvcore's norm terms are set aside (FlopCounterMode
 does not count norms).
 """
@@ -33,7 +33,10 @@ FVCORE = "fvcore (1 per multiply-add)"
 FLOP_COUNTER = "torch FlopCounterMode (2 per multiply-add, halved)"
 AGREEMENT = 0.01
 # Operators whose names say they do matrix work: never silently skipped.
-MATRIX_WORK = ("mm", "matmul", "einsum", "linear", "conv", "attention", "lstm", "gru", "rnn", "bilinear", "tensordot")
+MATRIX_WORK = ("mm", "matmul", "einsum", "linear", "conv", "attention", "lstm", "gru", "rnn", "bilinear", "tensordot",
+               "cdist")
+# Operators a word of MATRIX_WORK names that do no multiply-add (interpolation weights are element-wise).
+NOT_MATRIX_WORK = ("upsample",)
 
 
 @dataclass
@@ -57,6 +60,21 @@ def _fvcore_attention(inputs: list, outputs: list) -> int:
 
 def _flop_counter_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return 2 * attention_macs(list(query), list(key), list(value))
+
+
+def cdist_macs(x1: list[int], x2: list[int], extra: int = 0) -> int:
+    """x1 (..., P, M), x2 (..., R, M): P R M multiply-adds for the distances (`extra` per pair where torch's
+    matmul form adds the squared norms)."""
+    *batch, rows, dim = x1
+    return int(torch.tensor(batch).prod().item() if batch else 1) * rows * x2[-2] * (dim + extra)
+
+
+def _fvcore_cdist(inputs: list, outputs: list) -> int:
+    return cdist_macs(get_shape(inputs[0]), get_shape(inputs[1]))
+
+
+def _flop_counter_cdist(x1, x2, *args, out_shape=None, **kwargs) -> int:
+    return 2 * cdist_macs(list(x1), list(x2))
 
 
 def lstm_macs(positions: int, weight_shapes: list[list[int]]) -> int:
@@ -88,7 +106,12 @@ def _flop_counter_mkldnn_lstm_layer(data, input_weight, hidden_weight, *args, ou
 
 FLOP_COUNTER_EXTRA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _flop_counter_attention,
                       torch.ops.aten.lstm: _flop_counter_lstm,
-                      torch.ops.aten.mkldnn_rnn_layer: _flop_counter_mkldnn_lstm_layer}
+                      torch.ops.aten.mkldnn_rnn_layer: _flop_counter_mkldnn_lstm_layer,
+                      torch.ops.aten._cdist_forward: _flop_counter_cdist,
+                      torch.ops.aten._euclidean_dist: _flop_counter_cdist}
+# fvcore handles by operator, the one table of what the harness adds to fvcore's own.
+FVCORE_EXTRA = {"aten::scaled_dot_product_attention": _fvcore_attention, "aten::lstm": _fvcore_lstm,
+                "aten::cdist": _fvcore_cdist}
 
 
 class _Call(nn.Module):
@@ -129,12 +152,13 @@ def count_macs(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], owner: nn.
     """MACs of fn(*inputs) by both counters; `owner` holds fn's parameters, `what` names the call in errors."""
     with counting_mode(owner):
         analysis = FlopCountAnalysis(_Call(fn, owner), inputs)
-        analysis.set_op_handle("aten::scaled_dot_product_attention", _fvcore_attention, "aten::lstm", _fvcore_lstm)
+        analysis.set_op_handle(*(item for pair in FVCORE_EXTRA.items() for item in pair))
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         macs = float(analysis.total())
         norms = float(sum(count for op, count in analysis.by_operator().items() if "norm" in op))
-        missed = sorted(op for op in analysis.unsupported_ops() if any(word in op for word in MATRIX_WORK))
+        missed = sorted(op for op in analysis.unsupported_ops() if any(word in op for word in MATRIX_WORK)
+                        and not any(word in op for word in NOT_MATRIX_WORK))
         if missed:
             raise HarnessError(f"cost: {what}: fvcore cannot count {', '.join(missed)}, which do matrix work; "
                                "register a handle rather than report a count without them.")
