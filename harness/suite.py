@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import HarnessError, SuiteError
-from harness.index import IndexSpec
+from harness.retrieval.index import IndexSpec
 from harness.api.method import Method
 
 Sampling = Literal["fps1-linspace", "uniform"]
@@ -93,6 +93,9 @@ class EvaluationSpec:
     # depth), whose rows are labelled approximate and carry the index's recall. "none": the engine scores.
     index: Literal["none", "exact", "ivf", "hnsw"] = "none"
     index_params: dict[str, int] = field(default_factory=dict)
+    # Post-processed rows beside the plain ones, for every method (a method's official ones are added anyway):
+    # "dsl" (inverted softmax over the test queries) and "qbnorm" (its bank: one caption per training video).
+    post: list[Literal["dsl", "qbnorm"]] = field(default_factory=list)
 
     def index_spec(self) -> IndexSpec | None:
         return None if self.index == "none" else IndexSpec(self.index, dict(self.index_params))

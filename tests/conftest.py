@@ -97,7 +97,7 @@ def vatex(tmp_path, videos) -> Path:
 
 
 def write_suite(tmp_path: Path, root: Path, clip: Path, methods: list[dict], epochs: int = 1,
-                training: dict | None = None, **benchmark) -> Path:
+                training: dict | None = None, evaluation: dict | None = None, **benchmark) -> Path:
     """A suite over the tiny VATEX root (2 frames, 16 words, batch 4) with its own cache under tmp_path."""
     suite = {"name": "tiny", "cache_dir": str(tmp_path / "cache"),
              "benchmark": {"name": "vatex", "root": str(root), "train_split": "train", "test_splits": ["test"],
@@ -106,7 +106,7 @@ def write_suite(tmp_path: Path, root: Path, clip: Path, methods: list[dict], epo
              "protocol": {"frames": 2, "words": 16},
              "training": {"epochs": epochs, "batch_size": 4, "validation_videos": 0, "selection": "last-epoch",
                           **(training or {})},
-             "evaluation": {"batch_size": 4},
+             "evaluation": {"batch_size": 4, **(evaluation or {})},
              "methods": methods}
     path = tmp_path / f"suite-{len(list(tmp_path.glob('suite-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(suite))

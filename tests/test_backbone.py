@@ -86,7 +86,7 @@ VIT_B_32 = ClipShape(embed_dim=512, image_size=224, patch_size=32, vision_width=
 
 @pytest.mark.parametrize("shape", ["synthetic", "ViT-B/32"])
 def test_the_staged_encoders_compose_to_open_clip_s_whole_towers_bit_equal(shape):
-    from harness.synthetic_backbone import small_shape
+    from harness.data.synthetic_backbone import small_shape
 
     clip_shape = small_shape() if shape == "synthetic" else VIT_B_32
     torch.manual_seed(0)

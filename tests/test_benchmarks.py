@@ -20,7 +20,7 @@ from harness.data.benchmarks.vatex import VATEX
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.errors import DataError
-from harness.run import run_suite
+from harness.pipeline.run import run_suite
 from harness.suite import load_suite
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cachedir import CACHE_TAG, human_size
-from harness.cli import main
+from harness.storage.cachedir import CACHE_TAG, human_size
+from harness.commands.cli import main
 
 OLD = time.time() - 20 * 86400  # 20 days ago
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from harness.cli import main
+from harness.commands.cli import main
 from test_report import cost, ranks_with_hits, write_run
 
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import DATA
 from harness.api.backbone import Backbone, load_clip, read_state_dict
-from harness.checkpoints import load_checkpoint
+from harness.pipeline.checkpoints import load_checkpoint
 from baselines.xpool import XPool
 
 REPO = Path(__file__).parent.parent
@@ -37,7 +37,7 @@ methods:
 
 
 def harness_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_import_xpool_checkpoint_keeps_every_tensor(files):
@@ -81,7 +81,7 @@ def test_a_checkpoint_of_another_method_is_refused(files):
 
 def test_the_same_tensors_saved_twice_are_the_same_bytes(tmp_path):
     """Files are fingerprinted by their hash: the temporary file a save goes through leaves no trace in them."""
-    from harness.files import atomic_torch_save
+    from harness.storage.files import atomic_torch_save
 
     state = {"weight": torch.arange(6.0).view(2, 3)}
     atomic_torch_save(tmp_path / "a.pt", state)

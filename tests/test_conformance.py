@@ -208,7 +208,7 @@ def test_glscl_without_the_official_word_padding_must_mask_words(backbone):
 
 def test_a_parameter_added_inside_the_tower_is_a_head_parameter_and_trains_at_the_full_rate(backbone):
     from harness.suite import TrainingSpec
-    from harness.train import parameter_groups
+    from harness.pipeline.train import parameter_groups
 
     findings = {f.rule: f for f in check_method(PromptedTower, backbone=backbone, count_cost=False, **SHAPES)}
     assert not failures(list(findings.values()))
@@ -248,7 +248,8 @@ class InvertedMask(ProjectedMean):
 def test_masks_reach_score_as_bool_in_the_check_and_in_the_engine_s_evaluation(backbone, tmp_path, videos):
     from harness.data.benchmark import Split, Video
     from harness.data.frames import FrameStore
-    from harness.evaluate import evaluate_split
+    from harness.retrieval.ranking import Evaluation, evaluate_split
+    from harness.retrieval.tiles import Scoring
 
     InvertedMask.seen = []
     assert not failures(check_method(InvertedMask, backbone=backbone, count_cost=False, **SHAPES))
@@ -258,6 +259,7 @@ def test_masks_reach_score_as_bool_in_the_check_and_in_the_engine_s_evaluation(b
     store = FrameStore(tmp_path / "cache", SHAPES["frames"], "fps1-linspace", backbone.image_size, quiet=True)
     store.prepare(split.videos)
     method = InvertedMask(copy.deepcopy(backbone), HeadParams())
-    (stage,) = evaluate_split(method, split, store, SHAPES["words"], 2, 2, torch.device("cpu"), quiet=True)
+    evaluation = Evaluation(Scoring(torch.device("cpu"), 2), SHAPES["words"], batch_size=2, quiet=True)
+    (stage,) = evaluate_split(method, split, store, evaluation)
     assert len(stage.rankings["t2v"].ranks) == 3
     assert set(InvertedMask.seen) == {torch.bool}  # in the check (every rule) and in the evaluation

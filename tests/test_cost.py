@@ -97,7 +97,7 @@ def test_an_uncountable_matrix_operator_is_an_error_not_a_log_line():
 
 def test_harness_cost_on_the_synthetic_suite(tmp_path):
     output = tmp_path / "cost.json"
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "cost", "suites/synthetic.yaml", "--no-timing",
+    result = subprocess.run([sys.executable, "-m", "harness", "cost", "suites/synthetic.yaml", "--no-timing",
                              "--quiet", "--output", str(output)], cwd=REPO, capture_output=True, text=True, check=True)
     cost = json.loads(output.read_text())
     methods = cost["methods"]

@@ -11,10 +11,11 @@ import torch
 
 from conftest import write_suite
 from harness.api.backbone import Backbone, load_clip
-from harness.cli import main
+from harness.commands.cli import main
 from harness.cost.scale import (DiskGallery, MemoryGallery, answer, bytes_per_item, measure_scale, parse_galleries,
                                 scale_record, scale_table)
-from harness.evaluate import rerank_block, score_in_chunks
+from harness.retrieval.tiles import Scoring, score_in_chunks
+from harness.retrieval.two_stage import rerank_block
 from methods.eercf import EERCF, EERCFParams
 from baselines.clip4clip import MeanP
 
@@ -52,8 +53,8 @@ def test_answer_of_a_two_stage_method_is_the_engines_two_stage_order(clip_file):
     top = answer(method, text, MemoryGallery(video), chunk=16)
     cpu = torch.device("cpu")
     with torch.no_grad():  # the evaluation's path: the coarse matrix, then its rerank of each query's top 20
-        coarse = score_in_chunks(method, text, video, 64, cpu, score_fn=method.coarse_score)
-        engine = rerank_block(method, text, video, coarse, 20, "t2v", cpu)
+        coarse = score_in_chunks(method, text, video, Scoring(cpu, 64), score_fn=method.coarse_score)
+        engine = rerank_block(method, text, video, coarse, 20, "t2v", Scoring(cpu))
         fine = method.score(text, video).double()
     assert torch.equal(top, engine.topk(10, dim=1).indices)
     for q in range(top.shape[0]):  # the ten returned are fine-scored candidates, in fine-score order
@@ -177,7 +178,7 @@ def test_cost_command_measures_galleries_and_the_report_shows_them(tmp_path, vat
 
 def test_an_interrupted_cost_measurement_keeps_each_finished_method_and_continues(tmp_path, vatex, tiny_clip,
                                                                                    monkeypatch, capsys):
-    import harness.cost.report as cost_report
+    import harness.cost.suite as cost_report
 
     suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}])
     cost_file = tmp_path / "cost.json"

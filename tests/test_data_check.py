@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.cli import main
+from harness.commands.cli import main
 from harness.data.synthetic import write_mp4
 from harness.errors import HarnessError
-from harness.preflight import PreflightError
-from harness.run import run_suite
+from harness.pipeline.preflight import PreflightError
+from harness.pipeline.run import run_suite
 from harness.suite import load_suite
 
 IDS = ["vid_a", "vid_b", "vid_c", "vid_d"]

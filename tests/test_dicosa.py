@@ -30,9 +30,9 @@ from harness.api.backbone import Backbone, build_clip, load_clip, read_state_dic
 from harness.api.testing import assert_conforms
 from harness.cost.model import method_cost
 from harness.errors import CheckpointError
-from harness.evaluate import score_in_chunks
+from harness.retrieval.tiles import Scoring, score_in_chunks
 from harness.report.reported import read_reported
-from harness.synthetic_backbone import small_shape
+from harness.data.synthetic_backbone import small_shape
 from methods.dicosa import DiCoSA, DiCoSAParams
 from methods.dicosa.interaction import frame_weights, split_concepts, unit
 from methods.dicosa.losses import disentanglement_terms
@@ -253,7 +253,7 @@ def test_chunked_score_equals_the_unchunked_one(official):
         official.params.pair_budget = 2 * text["text_half"].numel()  # two videos per block
         try:
             budgeted = official.score(text, video)
-            engine = score_in_chunks(official, text, video, chunk=5, device=torch.device("cpu"))
+            engine = score_in_chunks(official, text, video, Scoring(torch.device("cpu"), 5))
         finally:
             official.params.pair_budget = DiCoSAParams.pair_budget
     assert (budgeted - reference).abs().max() <= 1e-6

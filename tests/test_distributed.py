@@ -17,10 +17,16 @@ from harness.api.conformance import check_backbone, random_inputs, resolve_param
 from harness.data.benchmark import Split, Video
 from harness.errors import TrainingError
 from harness.progress import LineProgress, progress
-from harness.train import PairBatches, training_step
+from harness.pipeline.train import PairBatches, training_step
 
 FRAMES, WORDS, BATCH, WORLD = 4, 12, 6, 2
-TOLERANCE = 1e-5  # absolute, on the loss terms and on every gradient entry
+# On the loss terms and every gradient entry: 1e-5 absolute, relative to the largest magnitude where it exceeds 1
+# (CLIP-ViP's summed loss at its logit scale gives gradients near 70: float32 rounding alone is ~5e-5 there).
+TOLERANCE = 1e-5
+
+
+def limit(expected: torch.Tensor) -> float:
+    return TOLERANCE * max(1.0, float(expected.abs().max()))
 
 
 def trainable_methods() -> list[str]:
@@ -97,7 +103,7 @@ def test_two_processes_step_equals_one_process(name, distributed_steps):
         assert got["terms"].keys() == single["terms"].keys()
         for term, value in single["terms"].items():
             difference = (got["terms"][term] - value).abs().item()
-            assert difference <= TOLERANCE, f"{name} rank {rank}: loss term {term} differs by {difference:.3g}"
+            assert difference <= limit(value), f"{name} rank {rank}: loss term {term} differs by {difference:.3g}"
         assert got["grads"].keys() == single["grads"].keys()
         for parameter, expected in single["grads"].items():
             actual = got["grads"][parameter]
@@ -105,7 +111,8 @@ def test_two_processes_step_equals_one_process(name, distributed_steps):
                                                            "setting and none in the other"
             if expected is not None:
                 difference = (actual - expected).abs().max().item()
-                assert difference <= TOLERANCE, f"{name} rank {rank}: gradient of {parameter} differs by {difference:.3g}"
+                assert difference <= limit(expected), \
+                    f"{name} rank {rank}: gradient of {parameter} differs by {difference:.3g}"
         assert sum(g is not None and g.abs().sum() > 0 for g in got["grads"].values()) > 0
 
 

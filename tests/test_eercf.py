@@ -21,7 +21,8 @@ import torch
 from conftest import GOLDEN_DIR, load_golden
 from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
-from harness.evaluate import rerank_block
+from harness.retrieval.tiles import Scoring
+from harness.retrieval.two_stage import rerank_block
 from methods.eercf import EERCF, EERCFParams
 from methods.eercf.scores import frame_softmax, pearson_constraint
 
@@ -100,7 +101,7 @@ def test_two_stage_ranking_equals_the_official_rule_for_every_k(official, featur
     text, video = features
     with torch.no_grad():
         ours = rerank_block(official, text, video, official.coarse_score(text, video), k, "t2v",
-                            device=torch.device("cpu"))
+                            Scoring(torch.device("cpu")))
     expected = official_rule(k)
     assert torch.equal(torch.argsort(ours, dim=1, descending=True), torch.argsort(expected, dim=1, descending=True))
 

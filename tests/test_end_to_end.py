@@ -33,7 +33,7 @@ def two_runs(tmp_path_factory, synthetic_cache):
     outputs = []
     for name, path in (("first", REPO / "suites" / "synthetic.yaml"), ("second", repeat)):
         output = tmp_path_factory.mktemp(name)
-        subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(output),
+        subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--output", str(output),
                         "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO,
                        env={**os.environ, "OMP_NUM_THREADS": "2"})
         outputs.append(output)
@@ -132,7 +132,7 @@ def test_a_saved_checkpoint_evaluates_to_the_same_numbers_without_training(two_r
     path = tmp_path / "from_checkpoint.yaml"
     path.write_text(yaml.safe_dump(suite))
     cache = json.loads((first / "results.json").read_text())["suite"]["cache_dir"]
-    subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(tmp_path / "run"),
+    subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--output", str(tmp_path / "run"),
                     "--cache-dir", cache, "--quiet"], check=True, cwd=REPO)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["methods"]["clip4clip-seqtransf"]["trained"] is False
@@ -144,7 +144,7 @@ def test_a_saved_checkpoint_evaluates_to_the_same_numbers_without_training(two_r
 
 
 def harness(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_the_run_matches_the_committed_baseline(two_runs):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_suite
-from harness.cli import main
+from harness.commands.cli import main
 
 METHODS = [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}]
 KEY = ["method", "split", "direction", "stage"]

@@ -36,8 +36,8 @@ import yaml
 from conftest import write_suite
 
 import harness.data.frames as frames_module
-import harness.files as files_module
-from harness.cli import main
+import harness.storage.files as files_module
+from harness.commands.cli import main
 from harness.data.benchmark import Video
 from harness.data.frames import FrameStore
 from harness.data.video import decode
@@ -51,7 +51,7 @@ def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def harness(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
 
 
@@ -255,7 +255,7 @@ def test_a_signal_during_training_keeps_the_finished_method_and_prints_how_to_co
     suite = write_suite(tmp_path, vatex, tiny_clip, ZEROSHOT + [{"name": "clip4clip-meanp"}], epochs=SIGNAL_EPOCHS)
     run_dir = tmp_path / "run"
     # Ctrl-C as a terminal delivers it: a job started in the background inherits SIGINT ignored (so would the run)
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--output", str(run_dir),
+    process = subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--output", str(run_dir),
                                 "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = run_dir / "checkpoints" / "clip4clip-meanp.train-state.pt"  # rewritten after every epoch
@@ -283,7 +283,7 @@ def test_a_signal_during_training_keeps_the_finished_method_and_prints_how_to_co
     # the printed command continues the run: zeroshot kept, clip4clip-meanp trained from the start
     command = shlex.split(lines[-1].split("continue with: ")[1])
     assert command[:2] == ["harness", "run"]
-    again = subprocess.run([sys.executable, "-m", "harness.cli", *command[1:]], capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "harness", *command[1:]], capture_output=True, text=True,
                            cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"zeroshot: kept (finished earlier in {run_dir}, same fingerprint)" in again.stdout
@@ -451,10 +451,10 @@ def test_a_corrupt_frame_cache_entry_is_detected_and_decoded_again(tmp_path, vid
 # -- warnings --------------------------------------------------------------------------------------------------
 
 def test_no_warning_that_is_not_the_users_business_and_the_users_own_are_kept():
-    listing = subprocess.run([sys.executable, "-W", "default", "-m", "harness.cli", "list"], capture_output=True,
+    listing = subprocess.run([sys.executable, "-W", "default", "-m", "harness", "list"], capture_output=True,
                              text=True, cwd=REPO, timeout=120)
     assert listing.returncode == 0 and listing.stderr == ""
     own = subprocess.run([sys.executable, "-W", "default", "-c",
-                          "import warnings, harness.run\nwarnings.warn('mine', FutureWarning)"],
+                          "import warnings, harness.pipeline.run\nwarnings.warn('mine', FutureWarning)"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "FutureWarning: mine" in own.stderr and "jit" not in own.stderr

@@ -13,15 +13,16 @@ import torch
 
 from baselines.clip4clip import SeqLSTM
 from harness.api.backbone import Backbone, load_clip
-from harness.checkpoints import load_checkpoint
+from harness.pipeline.checkpoints import load_checkpoint
 from harness.data.benchmark import Split, Video
 from harness.data.frames import FrameStore
 from harness.data.synthetic import write_mp4
 from harness.errors import HarnessError
-from harness.evaluate import encode_split, score_in_chunks
-from harness.metrics import text_to_video, video_to_text
-from harness.features import FeatureCache, method_identity, weights_digest
-from harness.metrics import summarize
+from harness.retrieval.encoding import encode_split
+from harness.retrieval.tiles import Scoring, score_in_chunks
+from harness.retrieval.metrics import text_to_video, video_to_text
+from harness.retrieval.feature_cache import FeatureCache, method_identity, weights_digest
+from harness.retrieval.metrics import summarize
 
 IDS = ["clip0", "clip1", "clip2", "clip3"]
 WORDS, FRAMES, SIZE = 12, 2, 16  # tiny_clip takes 16 px frames; the clips hold 3 s (3 frames at 1 fps)
@@ -95,8 +96,8 @@ def evaluate(clip: Path, checkpoint: Path, split: Split, store: FrameStore, cach
         change(method)
     calls = Calls(method)
     method.eval()
-    video, text = encode_split(method, split, store, WORDS, 3, CPU, quiet=True, cache=cache)
-    scores = score_in_chunks(method, text, video, 5, CPU)
+    video, text = encode_split(method, split, store, WORDS, 3, Scoring(CPU), quiet=True, cache=cache)
+    scores = score_in_chunks(method, text, video, Scoring(CPU, 5))
     return {"t2v": scores, "v2t": scores}, calls
 
 
@@ -234,7 +235,7 @@ def test_a_cache_that_cannot_be_written_is_reported_and_the_evaluation_goes_on(t
     def full_disk(path, save, what):
         raise HarnessError(f"cannot write {what} {path}: No space left on device (nothing was written).")
 
-    monkeypatch.setattr("harness.features.atomic_save", full_disk)
+    monkeypatch.setattr("harness.retrieval.feature_cache.atomic_save", full_disk)
     scores, calls = evaluate(tiny_clip, checkpoint, split, store, FeatureCache(tmp_path / "cache"))
     assert "No space left on device" in caplog.text and "used but not cached" in caplog.text
     assert torch.equal(scores["t2v"], uncached["t2v"]) and (calls.video, calls.text) == (2, 3)
@@ -244,7 +245,7 @@ def test_editing_a_methods_source_changes_its_feature_key(tmp_path, monkeypatch)
     """The key holds the code that computes the features: an edited encoder never reads old features."""
     import importlib
 
-    from harness.features import code_digest
+    from harness.retrieval.feature_cache import code_digest
 
     package = tmp_path / "edited_method"
     package.mkdir()
@@ -257,7 +258,7 @@ def test_editing_a_methods_source_changes_its_feature_key(tmp_path, monkeypatch)
 
 def ranks_agree_worker(rank: int, port: int, folder: str) -> None:
     """One rank of a group in which only rank 0 finds the cache entry (another run writing it right then)."""
-    import harness.features
+    import harness.retrieval.feature_cache
     from harness import distributed
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -268,7 +269,7 @@ def ranks_agree_worker(rank: int, port: int, folder: str) -> None:
         key = {"inputs": "queries", "name": "probe"}
         file = cache._file(key)
         if rank == 0:
-            np.savez(file, **{f"{harness.features.ARRAY_PREFIX}text": np.zeros((3, 2), dtype=np.float32)})
+            np.savez(file, **{f"{harness.retrieval.feature_cache.ARRAY_PREFIX}text": np.zeros((3, 2), dtype=np.float32)})
         distributed.wait_for_all()
         if rank == 1:
             cache._read = lambda file, rows: None  # this rank does not see the entry
@@ -303,3 +304,32 @@ def test_ranks_that_disagree_on_a_cache_entry_all_encode_instead_of_waiting_fore
             pytest.fail("the ranks waited for each other: a cache hit on one rank and a miss on another deadlocked")
     encoded = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert all(torch.equal(t, torch.ones(3, 2)) for t in encoded)  # both encoded (rank 0's features), none read
+
+
+def test_two_methods_with_different_encoders_never_read_each_other_s_features(tmp_path, tiny_clip, split):
+    """CenterCLIP clusters tokens inside the visual tower and zero-shot CLIP does not: on the same backbone weights,
+    split and protocol, each encodes its own entry, and a second evaluation of each reads back its own features,
+    equal to what it encodes itself."""
+    from baselines.zeroshot import ZeroShot
+    from methods.centerclip import CenterCLIP, CenterCLIPParams
+
+    backbone = Backbone(load_clip("auto", tiny_clip, WORDS))
+    store = FrameStore(tmp_path / "cache", 4, "fps1-linspace", SIZE, quiet=True)
+    store.prepare(split.videos)
+    cache = FeatureCache(tmp_path / "cache")
+    methods = {"zeroshot": ZeroShot.build(backbone, {}),
+               "centerclip": CenterCLIP.build(backbone, vars(CenterCLIPParams(segments=2, cluster_block=0)))}
+    encoded, calls = {}, {}
+    for name, method in methods.items():
+        method.eval()
+        calls[name] = Calls(method)
+        encoded[name] = encode_split(method, split, store, WORDS, 3, Scoring(CPU), quiet=True, cache=cache)[0]
+    assert len(list((tmp_path / "cache" / "features").rglob("*.npz"))) == 4  # videos and queries of each
+    assert encoded["zeroshot"].keys() != encoded["centerclip"].keys() or not all(
+        torch.equal(encoded["zeroshot"][k], encoded["centerclip"][k]) for k in encoded["zeroshot"])
+    for name, method in methods.items():
+        encoding_calls = calls[name].video
+        again = encode_split(method, split, store, WORDS, 3, Scoring(CPU), quiet=True, cache=cache)[0]
+        assert calls[name].video == encoding_calls > 0, name  # read back, not encoded again
+        assert again.keys() == encoded[name].keys()
+        assert all(torch.equal(again[k], encoded[name][k]) for k in again)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from conftest import GOLDEN_DIR, load_golden
 from harness.api.backbone import Backbone, load_clip, read_state_dict
 from harness.errors import CheckpointError
-from harness.evaluate import score_in_chunks
+from harness.retrieval.tiles import Scoring, score_in_chunks
 from harness.suite import parse_suite
 from methods.glscl import GLSCL, GLSCLParams
 from methods.glscl.interaction import global_frame_weights, global_scores
@@ -255,7 +255,7 @@ def test_chunked_scoring_equals_the_unchunked_reference(official):
         official.params.pair_budget = 17 * dim * 2  # two videos per block
         try:
             budgeted = official.score(text, video)
-            engine = score_in_chunks(official, text, video, chunk=5, device=torch.device("cpu"))
+            engine = score_in_chunks(official, text, video, Scoring(torch.device("cpu"), 5))
         finally:
             official.params.pair_budget = GLSCLParams.pair_budget
     assert (budgeted - reference).abs().max() <= 1e-6

@@ -25,8 +25,9 @@ import torch
 import yaml
 
 from conftest import write_suite
-from harness.cli import main
+from harness.commands.cli import main
 from harness.data.synthetic import write_mp4
+from harness.retrieval.tiles import Scoring
 from test_faults import ZEROSHOT, snapshot
 
 REPO = Path(__file__).parent.parent
@@ -73,7 +74,7 @@ def test_the_same_videos_moved_to_another_folder_are_the_same_gallery(finished_r
 # -- 6. a changed seed is refused before any work ----------------------------------------------------------
 
 def test_a_resume_with_another_seed_is_refused_before_any_work(finished_run, monkeypatch, capsys):
-    import harness.run as run_module
+    import harness.pipeline.run as run_module
 
     suite, run_dir = finished_run
     started = []
@@ -186,7 +187,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_error_naming_the_file(tmp
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
-        "from harness.cli import main\n"
+        "from harness.commands.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     done = subprocess.run([sys.executable, "-c", limit, "import-checkpoint", str(official), "--method",
                            "clip4clip-meanp", "--suite", str(suite), "--output", str(output), "--quiet"],
@@ -208,7 +209,7 @@ def test_torch_s_archive_writer_failing_midway_is_one_error_naming_the_file(tmp_
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (50000, 50000))\n"
         "from harness.errors import HarnessError\n"
-        "from harness.files import atomic_torch_save\n"
+        "from harness.storage.files import atomic_torch_save\n"
         "try:\n"
         f"    atomic_torch_save(Path({str(target)!r}), {{'weights': torch.zeros(100000)}}, 'training state')\n"
         "except HarnessError as error:\n"
@@ -253,7 +254,7 @@ def test_a_baseline_holding_infinity_is_refused(finished_run, tmp_path, capsys):
 
 def test_nan_scores_stop_the_evaluation_naming_the_method():
     from harness.errors import HarnessError
-    from harness.evaluate import rank_features
+    from harness.retrieval.ranking import rank_features
 
     class NaNScores:
         name = "broken-head"
@@ -269,7 +270,7 @@ def test_nan_scores_stop_the_evaluation_naming_the_method():
     text, video = {"t": torch.randn(4, 3)}, {"v": torch.randn(4, 3)}
     for directions in (("t2v", "v2t"), ("t2v",), ("v2t",)):  # the one-pass square path and each direction alone
         with pytest.raises(HarnessError, match=r"broken-head: \d+ of \d+ .*scores.* are NaN"):
-            rank_features(NaNScores(), text, video, torch.arange(4), 2, torch.device("cpu"), directions=directions)
+            rank_features(NaNScores(), text, video, torch.arange(4), Scoring(torch.device("cpu"), 2), directions=directions)
 
 
 # -- 8. the minor ones ---------------------------------------------------------------------------------------

@@ -78,9 +78,9 @@ def test_the_circle_finder_finds_a_circle_through_a_lazy_import():
 
 def test_no_import_circle_anywhere_in_the_project():
     graph = import_graph()
-    assert {"baselines.clip4clip.official", "methods.glccl.official", "harness.features"} <= graph.keys()
+    assert {"baselines.clip4clip.official", "methods.glccl.official", "harness.retrieval.feature_cache"} <= graph.keys()
     assert "baselines.clip4clip.official" in graph["baselines.clip4clip.meanp"]  # the edge the head needs
-    assert "harness.synthetic_backbone" in graph["harness.checkpoints"]  # the suite's backbone, loaded there
+    assert "harness.data.synthetic_backbone" in graph["harness.pipeline.checkpoints"]  # the suite's backbone, loaded there
     assert [sorted(c) for c in circles(graph)] == []
 
 
@@ -90,3 +90,38 @@ def test_each_official_module_imports_first_in_a_fresh_interpreter(official, hea
     code = f"import {official}; import {head}"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every project module `start` imports, directly or through others (imports inside functions too)."""
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph[todo.pop()] - seen:
+            seen.add(target)
+            todo.append(target)
+    return seen
+
+
+def test_the_plugin_api_imports_nothing_of_the_pipeline_or_the_commands():
+    graph = import_graph()
+    api = [name for name in graph if name == "harness.api" or name.startswith("harness.api.")]
+    assert {"harness.api.method", "harness.api.backbone", "harness.api.blocks", "harness.api.conformance"} <= set(api)
+    for module in api:
+        leaked = sorted(m for m in reachable(graph, module)
+                        if m.startswith(("harness.pipeline", "harness.commands", "harness.report")))
+        assert not leaked, f"{module} reaches {leaked}"
+
+
+def test_built_in_methods_import_the_harness_only_through_its_api():
+    """As a plugin does; and no method borrows another method's modules (zero-shot CLIP is CLIP4Clip's meanP
+    without training: the one subclass of another package)."""
+    graph = import_graph()
+    methods = [name for name in graph if name.startswith(("baselines.", "methods."))]
+    assert len(methods) > 20
+    allowed = {"baselines.zeroshot": {"baselines.clip4clip.meanp"}}
+    for module in methods:
+        outside = sorted(m for m in graph[module] if m.startswith("harness") and not m.startswith("harness.api"))
+        assert not outside, f"{module} imports {outside}"
+        package = ".".join(module.split(".")[:2])
+        borrowed = {m for m in graph[module] if m.startswith(("baselines.", "methods.")) and not m.startswith(package)}
+        assert borrowed <= allowed.get(package, set()), f"{module} imports another method's modules {sorted(borrowed)}"

@@ -13,11 +13,12 @@ from baselines.clip4clip.sequential import SeqLSTM, SeqTransf
 from baselines.zeroshot import ZeroShot
 from harness.api.backbone import Backbone, load_clip
 from harness.errors import HarnessError
-from harness.evaluate import rank_features
-from harness.index import IndexSpec
+from harness.retrieval.ranking import rank_features
+from harness.retrieval.index import IndexSpec
 from harness.api.method import InnerProduct, Method
-from harness.run import stage_rows
+from harness.pipeline.run import stage_rows
 from methods.eercf import EERCF
+from harness.retrieval.tiles import Scoring
 
 CPU = torch.device("cpu")
 
@@ -56,8 +57,8 @@ def test_exact_index_gives_the_engines_ranks(k, convention):
     owners = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 4, 5, 6, 7, 7, 1])
     text, video = integer_features(len(owners), 8)
     method = Dot(k)
-    engine = rank_features(method, text, video, owners, 5, CPU, v2t_convention=convention)
-    searched = rank_features(method, text, video, owners, 5, CPU, v2t_convention=convention,
+    engine = rank_features(method, text, video, owners, Scoring(CPU, 5), v2t_convention=convention)
+    searched = rank_features(method, text, video, owners, Scoring(CPU, 5), v2t_convention=convention,
                              index=IndexSpec("exact"))
     assert engine[0].rankings["t2v"].ties > 0
     for ours, theirs in zip(searched, engine):
@@ -73,15 +74,15 @@ def test_approximate_rows_are_labelled_and_carry_the_index_recall(tmp_path, kind
     torch.manual_seed(0)
     text, video = {"t": torch.randn(300, 16)}, {"v": torch.randn(300, 16)}
     owners = torch.arange(300)
-    (stage,) = rank_features(Dot(), text, video, owners, 64, CPU, index=IndexSpec(kind, params))
+    (stage,) = rank_features(Dot(), text, video, owners, Scoring(CPU, 64), index=IndexSpec(kind, params))
     assert set(stage.index_recall) == {"t2v", "v2t"}
     assert all(0.0 < r < 1.0 for r in stage.index_recall.values())  # nprobe 1 of 8 lists misses some
     split = SimpleNamespace(videos=[SimpleNamespace(id=f"v{i}") for i in range(300)], name="test",
                             captions=[f"c{i}" for i in range(300)], caption_video=owners.tolist(), coverage="300/300",
                             shape="square")
     suite = SimpleNamespace(protocol=SimpleNamespace(multi_caption_v2t="max-over-captions"),
-                            benchmark=SimpleNamespace(name="bench"))
-    rows = stage_rows(tmp_path, suite, "dot", split, stage, None)
+                            benchmark=SimpleNamespace(name="bench", limit=None))
+    rows = stage_rows(tmp_path, suite, "dot", split, stage, None, {"distribution": None, "version": None, "digest": "d"})
     assert [(r["index"], r["approximate"], r["index_recall"]) for r in rows] == [
         (kind, True, stage.index_recall["t2v"]), (kind, True, stage.index_recall["v2t"])]
 
@@ -93,7 +94,7 @@ def test_an_index_for_a_method_without_inner_product_is_refused_by_name():
 
     text, video = integer_features(4, 4)
     with pytest.raises(HarnessError, match="cross declares no inner product"):
-        rank_features(Cross(), text, video, torch.arange(4), 2, CPU, index=IndexSpec("exact"))
+        rank_features(Cross(), text, video, torch.arange(4), Scoring(CPU, 2), index=IndexSpec("exact"))
 
 
 def test_bad_index_parameters_are_refused():

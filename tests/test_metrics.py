@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import load_golden
-from harness.metrics import rank_of_ground_truth, summarize, text_to_video, video_to_text
+from harness.retrieval.metrics import rank_of_ground_truth, summarize, text_to_video, video_to_text
 
 
 def reference_ranks(scores: np.ndarray, gt: np.ndarray) -> np.ndarray:

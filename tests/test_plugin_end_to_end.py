@@ -22,7 +22,7 @@ def test_new_method_package_runs_to_a_report_row(tmp_path: Path, synthetic_cache
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def harness(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
+        return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=env,
                               cwd=tmp_path)
 
     created = harness("new-method", "frame-proj", "--dir", str(package))

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from conftest import load_golden
 from harness.errors import HarnessError
-from harness.metrics import Ranking, concat_rankings, text_to_video, videos_against_captions
+from harness.retrieval.metrics import Ranking, concat_rankings, text_to_video, videos_against_captions
 from harness.retrieval.postprocess import (add_bank_block, add_rows, dsl_block, dsl_columns, dsl_normaliser,
                                            dsl_normaliser_from_transposed_blocks, empty_query_bank, finish_dsl,
                                            log_normaliser, merge_column_logsumexp, merge_query_banks, qbnorm_block,

@@ -43,7 +43,7 @@ def test_list_shows_builtins_and_an_entry_point_plugin(tmp_path: Path):
         my-test-method = my_plugin:MyMethod
     """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "list"], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, "-m", "harness", "list"], capture_output=True, text=True, env=env,
                             check=True)
     out = result.stdout
     methods, benchmarks = out.split("benchmarks:")
@@ -63,7 +63,7 @@ def dist_info(site: Path, distribution: str, entry_points: str) -> None:
 
 def harness(site: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.cli import main
+from harness.commands.cli import main
 from harness.report.leaderboard import build_leaderboards, load_run
 from harness.report.render import latex_escape, markdown_escape, write_report
 from harness.report.stats import bootstrap_intervals, metric_values, paired_permutation_test
-from harness.results import write_ranks
+from harness.pipeline.results import write_ranks
 
 SCRIPT_CAPTION = "<script>alert('x')</script> a & b"
 

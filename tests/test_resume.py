@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import write_suite
-from harness.cli import main
+from harness.commands.cli import main
 from test_faults import snapshot
 
 REPO = Path(__file__).parent.parent
@@ -36,12 +36,12 @@ def test_a_run_killed_mid_training_resumes_to_the_rows_and_history_of_an_uninter
         tmp_path, vatex, tiny_clip):
     suite = write_suite(tmp_path, vatex, tiny_clip, TRAINED, epochs=EPOCHS, training=TRAINING)
     reference = tmp_path / "uninterrupted"  # a fresh process like the interrupted one (same torch threads)
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--output", str(reference),
+    done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(reference),
                            "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
 
     run_dir = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--output", str(run_dir),
+    process = subprocess.Popen([sys.executable, "-m", "harness", "run", str(suite), "--output", str(run_dir),
                                 "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = run_dir / "checkpoints" / "xpool.train-state.pt"
     deadline = time.time() + 300
@@ -56,7 +56,7 @@ def test_a_run_killed_mid_training_resumes_to_the_rows_and_history_of_an_uninter
     assert set(results(run_dir)["methods"]) == {"zeroshot"}
 
     command = shlex.split(err.strip().splitlines()[-1].split("continue with: ")[1])
-    again = subprocess.run([sys.executable, "-m", "harness.cli", *command[1:]], capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "harness", *command[1:]], capture_output=True, text=True,
                            cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"zeroshot: kept (finished earlier in {run_dir}, same fingerprint)" in again.stdout  # not evaluated again
@@ -220,7 +220,7 @@ def test_dry_run_says_what_would_run_and_what_is_kept_and_writes_nothing(tmp_pat
 
 def test_a_stop_during_an_epoch_s_validation_continues_at_that_validation(tmp_path, vatex, tiny_clip, monkeypatch,
                                                                           capsys):
-    import harness.train as train_module
+    import harness.pipeline.train as train_module
 
     suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "xpool"}], epochs=3, training=TRAINING)
     reference = tmp_path / "uninterrupted"

@@ -18,7 +18,7 @@ from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import to_pixels
 from harness.registry import benchmarks, methods
-from harness.checkpoints import load_backbone
+from harness.pipeline.checkpoints import load_backbone
 from harness.suite import load_suite
 
 REPO = Path(__file__).parent.parent
@@ -33,7 +33,7 @@ def run(tmp_path_factory, synthetic_cache):
     folder = tmp_path_factory.mktemp("shapes")
     path = folder / "shapes.yaml"
     path.write_text(yaml.safe_dump(suite))
-    subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), "--output", str(folder / "run"),
+    subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--output", str(folder / "run"),
                     "--cache-dir", str(synthetic_cache), "--quiet"], check=True, cwd=REPO)
     results = json.loads((folder / "run" / "results.json").read_text())
     return folder / "run", results, load_suite(path), synthetic_cache

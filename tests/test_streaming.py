@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.evaluate import rank_features
+from harness.retrieval.ranking import rank_features
 from harness.api.method import Method
-from harness.metrics import text_to_video, video_to_text
+from harness.retrieval.metrics import text_to_video, video_to_text
+from harness.retrieval.tiles import Scoring
 
 CPU = torch.device("cpu")
 
@@ -53,7 +54,7 @@ def test_streaming_ranks_equal_the_full_matrix_ranks(shape, chunk):
     method = Lookup(matrix)
     text, video = {"i": torch.arange(len(owners))}, {"j": torch.arange(n_video)}
     for convention in ("max-over-captions", "all-captions"):
-        (stage,) = rank_features(method, text, video, owners, chunk, CPU, v2t_convention=convention)
+        (stage,) = rank_features(method, text, video, owners, Scoring(CPU, chunk), v2t_convention=convention)
         t2v, v2t = text_to_video(matrix, owners), video_to_text(matrix, owners, n_video, convention)
         assert stage.rankings["t2v"].ranks.tolist() == t2v.ranks.tolist()
         assert stage.rankings["t2v"].tied.tolist() == t2v.tied.tolist()
@@ -64,7 +65,7 @@ def test_streaming_ranks_equal_the_full_matrix_ranks(shape, chunk):
 
 def test_float_scores_of_a_real_product_are_those_of_the_full_matrix():
     """Same tiles as the full-matrix path: even float32 rounding is the same, so ranks are bit-equal."""
-    from harness.evaluate import score_in_chunks
+    from harness.retrieval.tiles import score_in_chunks
 
     torch.manual_seed(0)
 
@@ -75,8 +76,8 @@ def test_float_scores_of_a_real_product_are_those_of_the_full_matrix():
     text, video = {"t": torch.randn(23, 16)}, {"v": torch.randn(11, 16)}
     owners = torch.arange(23) % 11
     method = Dot(torch.empty(0))
-    full = score_in_chunks(method, text, video, 4, CPU)
-    (stage,) = rank_features(method, text, video, owners, 4, CPU)
+    full = score_in_chunks(method, text, video, Scoring(CPU, 4))
+    (stage,) = rank_features(method, text, video, owners, Scoring(CPU, 4))
     assert stage.rankings["t2v"].ranks.tolist() == text_to_video(full, owners).ranks.tolist()
     assert stage.rankings["v2t"].ranks.tolist() == video_to_text(full, owners, 11).ranks.tolist()
 
@@ -84,7 +85,7 @@ def test_float_scores_of_a_real_product_are_those_of_the_full_matrix():
 def test_a_square_split_in_one_pass_gives_the_full_matrix_ranks_of_a_real_product():
     """Square, both directions: v2t is counted in the same pass as t2v against each video's own score taken
     from the diagonal tiles; float32 ranks and ties bit-equal to the full matrix's."""
-    from harness.evaluate import score_in_chunks
+    from harness.retrieval.tiles import score_in_chunks
 
     class Dot(Lookup):
         def score(self, text, video):
@@ -95,8 +96,8 @@ def test_a_square_split_in_one_pass_gives_the_full_matrix_ranks_of_a_real_produc
     video["v"][5] = video["v"][9]  # two identical videos: ties in t2v and v2t
     owners, method = torch.arange(37), Dot(torch.empty(0))
     for chunk in (1, 4, 37, 64):
-        full = score_in_chunks(method, text, video, chunk, CPU)
-        (stage,) = rank_features(method, text, video, owners, chunk, CPU)
+        full = score_in_chunks(method, text, video, Scoring(CPU, chunk))
+        (stage,) = rank_features(method, text, video, owners, Scoring(CPU, chunk))
         for direction, expected in (("t2v", text_to_video(full, owners)), ("v2t", video_to_text(full, owners, 37))):
             assert stage.rankings[direction].ranks.tolist() == expected.ranks.tolist()
             assert stage.rankings[direction].tied.tolist() == expected.tied.tolist()

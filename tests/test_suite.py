@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import SuiteError
-from harness.preflight import PreflightError
-from harness.run import run_suite
+from harness.pipeline.preflight import PreflightError
+from harness.pipeline.run import run_suite
 from harness.suite import load_suite
 
 REPO = Path(__file__).parent.parent
@@ -33,16 +33,20 @@ def test_shipped_suites_validate(monkeypatch):
     synthetic = load_suite(REPO / "suites" / "synthetic.yaml")
     assert [m.name for m in synthetic.methods] == ["zeroshot", "clip4clip-meanp", "clip4clip-seqlstm",
                                                    "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl", "eercf",
-                                                   "glccl"]
+                                                   "glccl", "xclip", "dicosa", "ts2net", "centerclip", "promptswitch",
+                                                   "clipvip"]
     assert synthetic.methods[3].params == {"layers": 3, "frame_positions": 77}  # resolved with defaults
     msrvtt = load_suite(REPO / "suites" / "msrvtt.yaml")
     assert msrvtt.benchmark.root == "/data/msrvtt"
     assert msrvtt.backbone.checkpoint == "/weights/ViT-B-32.pt"
     assert msrvtt.protocol.frames == 12 and msrvtt.protocol.words == 32
-    glscl, eercf, glccl = msrvtt.methods[-3:]
+    glscl, eercf, glccl = msrvtt.methods[6:9]
     assert glccl.name == "glccl" and glccl.params["words"] == 32 and glccl.params["csc_weight"] == 0.5
     assert eercf.name == "eercf" and eercf.params["frames"] == 12 and eercf.params["candidates"] == 50
     assert glscl.name == "glscl" and glscl.params["temperature"] == 3.0 and glscl.params["beta"] == 0.02
+    xclip, dicosa = msrvtt.methods[9:11]
+    assert xclip.name == "xclip" and (xclip.params["words"], xclip.params["frames"]) == (32, 12)
+    assert dicosa.name == "dicosa" and dicosa.params["concepts"] == 8 and dicosa.params["temperature"] == 3.0
 
 
 def test_typo_in_a_key_names_path_and_suggests(tmp_path):

@@ -11,10 +11,10 @@ from baselines.clip4clip import MeanP
 from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.benchmark import Split, Video
 from harness.errors import TrainingError
-from harness.evaluate import score_in_chunks
-from harness.preflight import carve_validation
+from harness.retrieval.tiles import Scoring, score_in_chunks
+from harness.pipeline.preflight import carve_validation
 from harness.suite import TrainingSpec
-from harness.train import parameter_groups, train, warmup_cosine
+from harness.pipeline.train import parameter_groups, train, warmup_cosine
 
 
 def tiny_backbone() -> Backbone:
@@ -84,8 +84,7 @@ class NaNLoss(MeanP):
 def test_non_finite_loss_stops_with_a_clear_error():
     method = NaNLoss(tiny_backbone(), MeanP.Params())
     with pytest.raises(TrainingError, match=r"nan: non-finite loss at epoch 1, step 1 \(total=nan"):
-        train(method, Batches(), None, None, 8, TrainingSpec(epochs=1), 4, 8, torch.device("cpu"), quiet=True,
-              log=lambda *_: None)
+        train(method, Batches(), TrainingSpec(epochs=1), torch.device("cpu"), quiet=True, log=lambda *_: None)
 
 
 def test_training_moves_weights_and_clamps_logit_scale():
@@ -93,8 +92,8 @@ def test_training_moves_weights_and_clamps_logit_scale():
     with torch.no_grad():
         method.backbone.logit_scale.fill_(math.log(200.0))
     before = method.backbone.clip.visual.conv1.weight.clone()
-    record = train(method, Batches(), None, None, 8, TrainingSpec(epochs=2, lr=1e-2, coef_lr=1.0), 4, 8,
-                   torch.device("cpu"), quiet=True, log=lambda *_: None)
+    record = train(method, Batches(), TrainingSpec(epochs=2, lr=1e-2, coef_lr=1.0), torch.device("cpu"), quiet=True,
+                   log=lambda *_: None)
     assert record.steps == 4 and len(record.history) == 2 and "loss_contrastive" in record.history[0]
     assert not torch.equal(before, method.backbone.clip.visual.conv1.weight)
     assert method.backbone.logit_scale.exp().item() <= 100.0 + 1e-3
@@ -120,6 +119,6 @@ def test_chunked_scoring_equals_unchunked():
     text = {"text": torch.nn.functional.normalize(torch.randn(203, 32), dim=-1)}
     video = {"video": torch.nn.functional.normalize(torch.randn(157, 32), dim=-1)}
     full = method.score(text, video)
-    chunked = score_in_chunks(method, text, video, 17, torch.device("cpu"))
+    chunked = score_in_chunks(method, text, video, Scoring(torch.device("cpu"), 17))
     assert chunked.shape == (203, 157)
     assert (full - chunked).abs().max() <= 1e-5

@@ -31,7 +31,7 @@ from harness.cost.flops import count_macs
 from harness.cost.model import method_cost
 from harness.data.text import vocabulary_size
 from harness.errors import CheckpointError, HarnessError
-from harness.evaluate import score_in_chunks
+from harness.retrieval.tiles import Scoring, score_in_chunks
 from harness.report.reported import read_reported
 from methods.ts2net import TS2Net, TS2NetParams
 from methods.ts2net.scores import frame_weighted_scores, token_mask
@@ -271,7 +271,7 @@ def test_chunked_scoring_equals_the_unchunked_reference(official):
             budgeted = official.score(text, video)
         finally:
             official.params.pair_budget = TS2NetParams.pair_budget
-        engine = score_in_chunks(official, text, video, chunk=5, device=torch.device("cpu"))
+        engine = score_in_chunks(official, text, video, Scoring(torch.device("cpu"), 5))
     limit = 1e-6 * float(reference.abs().max())  # fp32 products of other shapes round differently
     assert (budgeted - reference).abs().max() <= limit
     assert (engine - reference).abs().max() <= limit

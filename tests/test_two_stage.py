@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from conftest import rerank_row
-from harness.evaluate import TwoStageRanker, rank_block, rank_features, rerank_block, top_k
+from harness.retrieval.ranking import rank_features
+from harness.retrieval.two_stage import TwoStageRanker, rerank_block, top_k
 from harness.api.method import Method
-from harness.metrics import text_to_video, video_to_text
+from harness.retrieval.metrics import Truth, text_to_video, video_to_text
+from harness.retrieval.tiles import Scoring
 
 CPU = torch.device("cpu")
 
@@ -66,7 +68,7 @@ def test_batched_two_stage_equals_the_per_query_reference(shape, k, chunk):
     method = Toy(coarse, fine, k)
     text, video = {"i": torch.arange(len(owners))}, {"j": torch.arange(n_video)}
     for convention in ("max-over-captions", "all-captions"):
-        first, second = rank_features(method, text, video, owners, chunk, CPU, v2t_convention=convention)
+        first, second = rank_features(method, text, video, owners, Scoring(CPU, chunk), v2t_convention=convention)
         expected = {"t2v": text_to_video(reference(method, coarse, k, "t2v"), owners),
                     "v2t": video_to_text(reference(method, coarse, k, "v2t"), owners, n_video, convention)}
         for direction, ranking in expected.items():
@@ -89,7 +91,7 @@ def test_top_k_takes_the_lowest_indices_among_ties_at_the_kth_place():
 @pytest.mark.parametrize("larger", ["video", "text"])  # grouped by the side whose features are the larger
 @pytest.mark.parametrize("direction", ["t2v", "v2t"])
 def test_fine_scores_are_each_querys_own_candidates_whatever_the_gather_budget(direction, larger):
-    from harness.evaluate import fine_scores
+    from harness.retrieval.two_stage import fine_scores
 
     coarse, fine = planted(30, 12, seed=5, levels=3), planted(30, 12, seed=6, levels=7)
     method = Toy(coarse, fine, 4)
@@ -99,12 +101,13 @@ def test_fine_scores_are_each_querys_own_candidates_whatever_the_gather_budget(d
     candidates = top_k((coarse if direction == "t2v" else coarse.t()).double(), 4)  # items chosen by many queries
     expected = by_query.double().gather(1, candidates)
     for budget in (1, 64, 2**28):  # one item per call ... every item of a width in one call
-        assert torch.equal(fine_scores(method, queries, gallery, candidates, direction, CPU, budget=budget), expected)
+        assert torch.equal(fine_scores(method, queries, gallery, candidates, direction, Scoring(CPU), budget=budget),
+                           expected)
 
 
 @pytest.mark.parametrize("levels", [2, 5, 10**6])  # many ties across the k-th place ... almost none
 def test_top_k_equals_choosing_by_counting_on_every_row(levels):
-    from harness.evaluate import lowest_index_top_k, top_k_and_next
+    from harness.retrieval.two_stage import lowest_index_top_k, top_k_and_next
 
     scores = planted(200, 40, seed=levels, levels=levels)
     for k in (1, 7, 39, 40):
@@ -133,17 +136,16 @@ def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_r
     text, video = {"i": torch.arange(n)}, {"j": torch.arange(n)}
     queries, gallery = (text, video) if direction == "t2v" else (video, text)
     owners = torch.arange(n)
-    ranker = TwoStageRanker(method, queries, gallery, k, owners, n, direction, "max-over-captions", CPU,
-                            fine_batch=fine_batch)
+    truth = Truth(owners, n, direction, "max-over-captions")
+    ranker = TwoStageRanker(method, queries, gallery, k, truth, Scoring(CPU), fine_batch=fine_batch)
     counted, expected = [], []
     for q0, rows in ((0, slice(0, 7)), (7, slice(7, n))):
         block = coarse[rows]
         part = {name: value[rows] for name, value in queries.items()}
-        done = ranker.add(q0, block, rank_block(block, q0, owners, n, direction, "max-over-captions"))
+        done = ranker.add(q0, block, truth.rank(block, q0))
         assert len(done) == (1 if fine_batch == 1 else 0)  # a block waits until fine_batch queries are in
         counted += done
-        expected.append(rank_block(rerank_block(method, part, gallery, block, k, direction, CPU), q0, owners, n,
-                                   direction, "max-over-captions"))
+        expected.append(truth.rank(rerank_block(method, part, gallery, block, k, direction, Scoring(CPU)), q0))
     counted += ranker.finish()
     assert [q0 for q0, _ in counted] == [0, 7]
     for (_, ranking), reference in zip(counted, expected):
@@ -153,7 +155,7 @@ def test_two_stage_ranks_counted_from_the_candidates_equal_the_reranked_blocks_r
 def test_each_video_query_s_features_are_gathered_once_in_v2t(monkeypatch):
     """v2t: a query is a video, whose features (EERCF: every patch token) are the large side; the fine scores take
     each query's once, with its k candidate captions, instead of once per pair."""
-    import harness.evaluate as engine
+    import harness.retrieval.two_stage as engine
 
     n, k = 24, 5
     method = Toy(planted(n, n, seed=7, levels=4), planted(n, n, seed=8, levels=9), k)
@@ -167,7 +169,7 @@ def test_each_video_query_s_features_are_gathered_once_in_v2t(monkeypatch):
         return real_take(features, index)
 
     monkeypatch.setattr(engine, "take", counting_take)
-    coarse, two_stage = rank_features(method, text, video, torch.arange(n), 8, CPU, directions=("v2t",))
+    coarse, two_stage = rank_features(method, text, video, torch.arange(n), Scoring(CPU, 8), directions=("v2t",))
     assert sum(gathered) == n  # once per query; before, once per (query, candidate) pair: n x k
     expected = reference(method, method.coarse, k, "v2t")
     assert (two_stage.rankings["v2t"].ranks == video_to_text(expected, torch.arange(n), n).ranks).all()
@@ -190,7 +192,7 @@ def test_a_square_split_is_scored_once_where_one_chunk_holds_it(n, chunk):
     torch.manual_seed(3)
     method = CountingScore()
     text, video = {"t": torch.randn(n, 8)}, {"v": torch.randn(n, 8)}
-    (stage,) = rank_features(method, text, video, torch.arange(n), chunk, CPU)
+    (stage,) = rank_features(method, text, video, torch.arange(n), Scoring(CPU, chunk))
     # the diagonal tiles, taken first where several blocks make the matrix
     extra = 0 if n <= chunk else sum(min(chunk, n - start) ** 2 for start in range(0, n, chunk))
     assert method.pairs == n * n + extra

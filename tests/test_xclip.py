@@ -30,7 +30,7 @@ from harness.api.testing import assert_conforms
 from harness.cost.flops import count_macs
 from harness.cost.model import method_cost
 from harness.errors import CheckpointError, HarnessError
-from harness.evaluate import score_in_chunks
+from harness.retrieval.tiles import Scoring, score_in_chunks
 from harness.suite import method_params, parse_suite
 from methods.xclip import XCLIP, XCLIPParams
 from methods.xclip.method import FROZEN_BY_OFFICIAL
@@ -138,7 +138,7 @@ def test_evaluation_score_as_the_official_test_loop_computes_it(official):
     """The official loop scores blocks of `eval_block` texts x videos; so do the engine's chunks."""
     text, video = golden_features(official)
     with torch.no_grad():
-        blocked = score_in_chunks(official, text, video, GOLDEN["eval_block"], torch.device("cpu"))
+        blocked = score_in_chunks(official, text, video, Scoring(torch.device("cpu"), GOLDEN["eval_block"]))
         whole = official.score(text, video)
     assert relative_difference(blocked, GOLDEN["score"]) <= SCORE_TOLERANCE
     assert relative_difference(whole, GOLDEN["score"]) <= SCORE_TOLERANCE
@@ -291,7 +291,7 @@ def test_chunked_scoring_equals_the_unchunked_reference(official):
         official.params.pair_budget = 7 * WORDS * FRAMES * 2  # two videos per block
         try:
             budgeted = official.score(text, video)
-            engine = score_in_chunks(official, text, video, chunk=4, device=torch.device("cpu"))
+            engine = score_in_chunks(official, text, video, Scoring(torch.device("cpu"), 4))
         finally:
             official.params.pair_budget = XCLIPParams.pair_budget
     assert (budgeted - reference).abs().max() <= 1e-5

@@ -26,6 +26,7 @@ class MeanP(Method):
     """CLIP4Clip meanP: mean-pooled frame features, cosine similarity scaled by the logit scale."""
 
     name = "clip4clip-meanp"
+    score_kind = "logits"  # s <t^, v>: the similarity times the logit scale
     Params = MeanPParams
     # The official checkpoint's key map (applied by baselines/clip4clip/official.py): each head's key
     # prefixes -> this module's names, and keys skipped on purpose. The official model creates the frame

@@ -35,6 +35,9 @@ class TightTransf(MeanP):
     """CLIP4Clip tightTransf: a cross-encoder over the sentence and frame features, one pass per pair."""
 
     name = "clip4clip-tighttransf"
+    # A cross-encoder's output, trained as logits without a logit scale: neither a similarity nor one times the
+    # logit scale, so no post-processing is defined for it (its rows are skipped, visibly).
+    score_kind = None
     Params = TightTransfParams
     official_prefixes = {"cross.embeddings.position_embeddings.": "position_embeddings.", "cross.transformer.": "",
                          "cross.pooler.": "", "similarity_dense.": "similarity_dense."}

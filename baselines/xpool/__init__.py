@@ -81,6 +81,7 @@ class XPool(Method):
 
     name = "xpool"
     reported_as = "X-Pool"
+    score_kind = "similarity"  # the cosine of each text with its own pooled video
     Params = XPoolParams
     benchmark_defaults = {"msvd": {"dropout": 0.4}}  # the official MSVD setting; 0.3 elsewhere
 

@@ -19,6 +19,7 @@ class ZeroShot(MeanP):
     """Zero-shot CLIP: cos(t, mean of masked normalised frame features), frozen backbone, no training."""
 
     name = "zeroshot"
+    score_kind = "similarity"  # the cosine, CLIP's zero-shot score
     Params = ZeroShotParams
     trainable = False
     official_unused = ()  # an official (CLIP4Clip-layout) file for the frozen CLIP holds clip.* keys only

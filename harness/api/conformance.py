@@ -33,9 +33,9 @@ from torch import Tensor
 from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.text import tokenize, vocabulary_size
 from harness.errors import HarnessError
-from harness.evaluate import score_in_chunks, stored, take
+from harness.retrieval.features import stored, take
+from harness.retrieval.tiles import Scoring, score_in_chunks
 from harness.api.method import PADDED_FRAMES, PADDED_WORDS, Features, Method
-from harness.suite import Suite
 
 # Scores may differ by this much relative to the largest score magnitude (at least 1) and still be equal:
 # float32 matrix products of different shapes round differently.
@@ -147,7 +147,7 @@ def score_problems(scores: object, n_text: int, n_video: int, what: str) -> list
 @torch.no_grad()
 def evaluate(method: Method, inputs: Inputs, score_fn: Callable | None = None) -> tuple[Features, Features, Tensor]:
     """Encoded and scored as the engine's evaluation does (and its validation): the features kept as the engine
-    keeps them (`harness.evaluate.stored`: float32, masks bool)."""
+    keeps them (`harness.retrieval.ranking.stored`: float32, masks bool)."""
     text = stored(method.encode_text(inputs.tokens, inputs.token_mask))
     video = stored(method.encode_video(inputs.pixels, inputs.frame_mask))
     return text, video, (score_fn or method.score)(text, video)
@@ -216,7 +216,7 @@ def check_two_stage(method: Method, text: Features, video: Features, scores: Ten
     if problems:
         return [Finding("two-stage", False, "; ".join(problems))]
     findings = [compare("two-stage", f"coarse_score in chunks of {chunk}", coarse,
-                        score_in_chunks(method, text, video, chunk, torch.device("cpu"), score_fn=method.coarse_score))]
+                        score_in_chunks(method, text, video, Scoring(torch.device("cpu"), chunk), score_fn=method.coarse_score))]
     # The engine scores each query against its gathered candidates, in both directions.
     order = torch.arange(scores.shape[1]).flip(0)
     with torch.no_grad():
@@ -336,7 +336,8 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
     try:
         torch.manual_seed(seed)
         checkpoint_parameters = len(backbone.clip_parameters)
-        method = method_cls(copy.deepcopy(backbone), resolve_params(method_cls, params or {}, frames, words)).eval()
+        method = method_cls.build(backbone, dataclasses.asdict(resolve_params(method_cls, params or {}, frames,
+                                                                              words))).eval()
         protocol = method.protocol()
     except Exception as error:
         return [Finding("interface", False, f"building {method_cls.__name__} from its Params failed: "
@@ -370,7 +371,7 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
                                               evaluate(method, inputs)[2])]),
         ("score-chunk-invariance", lambda: [
             compare("score-chunk-invariance", f"score in chunks of {size}", scores,
-                    score_in_chunks(method, text, video, size, cpu)) for size in (1, chunk)]),
+                    score_in_chunks(method, text, video, Scoring(cpu, size))) for size in (1, chunk)]),
         ("two-stage", lambda: check_two_stage(method, text, video, scores, chunk)),
         ("frame-mask", lambda: [padding_rule("frame-mask", method, inputs, frames_altered, PADDED_FRAMES, "frames")]),
         ("word-mask", lambda: [padding_rule("word-mask", method, inputs, words_altered, PADDED_WORDS,
@@ -391,24 +392,3 @@ def check_method(method_cls: type, backbone: Backbone | None = None, params: dic
 
 def failures(findings: list[Finding]) -> list[Finding]:
     return [finding for finding in findings if not finding.passed]
-
-
-def check_registered(name: str, suite: Suite | None = None) -> list[Finding]:
-    """check_method on a registered method: at a suite's shapes, architecture (random weights) and params
-    for the method (its entry, or its defaults on the suite's benchmark), or on the default small shapes."""
-    from harness import registry
-
-    methods = registry.methods()
-    if name not in methods:
-        raise HarnessError(f"check-method: unknown method {name!r}. Registered: {', '.join(sorted(methods))}.")
-    method_cls = methods[name]
-    if suite is None:
-        return check_method(method_cls)
-    from harness.cost.report import shape_backbone
-    from harness.suite import method_params
-
-    given = {spec.name: spec.params for spec in suite.methods}
-    params = given[name] if name in given else method_params(method_cls, suite, {}, f"{name} params")
-    backbone = shape_backbone(suite)
-    return check_method(method_cls, backbone, params, suite.protocol.frames, suite.protocol.words,
-                        suite.protocol.image_size or backbone.image_size)

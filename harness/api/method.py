@@ -6,6 +6,7 @@ query, online per pair. The engine measures and chunks each stage; no method rep
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,11 +58,19 @@ class Method(nn.Module):
     # Post-processing rows the official evaluation reports for the method, added to every run of it (e.g.
     # DiCoSA's test loop always applies QB-Norm): names of harness post-processings ("dsl", "qbnorm").
     post_processing: ClassVar[tuple[str, ...]] = ()
+    # The official QB-Norm settings where they differ from docs/protocol.md section 4's: {benchmark: {"t2v": {"k":
+    # .., "beta": .., "theta": ..}, "v2t": {...}}}.
+    qbnorm_settings: ClassVar[dict[str, dict[str, dict]]] = {}
 
     def __init__(self, backbone: Backbone, params: object):
         super().__init__()
         self.backbone = backbone
         self.params = params
+
+    @classmethod
+    def build(cls, backbone: Backbone, params: dict) -> Method:
+        """The method on its own copy of `backbone` (a method may change its towers), from resolved params."""
+        return cls(copy.deepcopy(backbone), cls.Params(**params))
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> Features:
         """frames (B, T, 3, H, W) normalised pixels, frame_mask (B, T) bool -> per-video features."""

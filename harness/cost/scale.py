@@ -30,7 +30,9 @@ import torch
 
 from harness.data.text import tokenize
 from harness.errors import HarnessError
-from harness.evaluate import bytes_per_item, rerank_block
+from harness.retrieval.features import bytes_per_item
+from harness.retrieval.tiles import Scoring
+from harness.retrieval.two_stage import rerank_block
 from harness.api.method import Features, Method
 
 TOP = 10  # what one query returns
@@ -151,14 +153,14 @@ def _reset_peak() -> bool:
 def answer(method: Method, queries: Features, gallery: MemoryGallery | DiskGallery, chunk: int) -> torch.Tensor:
     """The top items of the gallery for each query, as the engine finds them: the scores in chunks of
     `chunk` items; a two-stage method's coarse scores reranked by its fine score on the top k
-    (harness.evaluate.rerank_block, batched as in an evaluation)."""
+    (harness.retrieval.two_stage.rerank_block, batched as in an evaluation)."""
     k = method.candidates()
     score = method.coarse_score if k is not None else method.score
     scores = torch.empty(next(iter(queries.values())).shape[0], gallery.count)
     for start in range(0, gallery.count, chunk):  # filled in place: no chunk's score (or what it views) is kept
         scores[:, start : start + chunk] = score(queries, gallery.chunk(start, start + chunk))
     if k is not None:
-        scores = rerank_block(method, queries, gallery.items(), scores, k, "t2v", torch.device("cpu"))
+        scores = rerank_block(method, queries, gallery.items(), scores, k, "t2v", Scoring(torch.device("cpu")))
     return scores.topk(min(TOP, gallery.count), dim=1).indices
 
 

@@ -25,11 +25,11 @@ from pebble import ProcessExpired, ProcessPool
 from torch import Tensor
 from tqdm import tqdm
 
-from harness.cachedir import mark_cache
+from harness.storage.cachedir import mark_cache
 from harness.data.benchmark import Video
 from harness.data.video import decode, pad_frames
 from harness.errors import DataError
-from harness.files import atomic_save
+from harness.storage.files import atomic_save
 
 log = logging.getLogger(__name__)
 DECODE_TIMEOUT = 120.0  # seconds one video may take; the suite's benchmark.decode_timeout overrides it

@@ -19,7 +19,7 @@ from harness.cost.model import MethodCost
 from harness.errors import HarnessError
 from harness.report.reported import METRICS, POST_NAMES, counterpart, read_reported
 from harness.report.stats import Interval, PairedTest, bootstrap_intervals, paired_permutation_test
-from harness.results import read_results
+from harness.pipeline.results import read_results
 
 SIGNIFICANCE = 0.05
 

@@ -11,7 +11,7 @@ from markupsafe import Markup, escape
 
 from harness.report.leaderboard import Cell, Leaderboard, Run
 from harness.report.plot import frontier_figure, pdf, scale_figure, svg
-from harness.files import atomic_write
+from harness.storage.files import atomic_write
 
 FORMATS = ("html", "tex", "md")
 

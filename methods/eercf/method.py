@@ -56,6 +56,7 @@ class EERCF(Method):
     """EERCF: coarse video score for recall, weak/strong frame and patch scores to rerank the top k."""
 
     name = "eercf"
+    score_kind = "logits"  # both stages include the logit scale
     Params = EERCFParams
 
     def __init__(self, backbone, params: EERCFParams):

@@ -38,6 +38,7 @@ class GLCCL(Method):
     """GLCCL: text- and word-guided frame aggregation, four scores averaged, score-consistency loss."""
 
     name = "glccl"
+    score_kind = "logits"  # the four scores, each times the logit scale
     Params = GLCCLParams
 
     def __init__(self, backbone, params: GLCCLParams):

@@ -60,6 +60,8 @@ class GLSCL(Method):
 
     name = "glscl"
     reported_as = "GLSCL"
+    score_kind = "similarity"  # s_g + 0.5 s_l, without the logit scale
+    post_processing = ("qbnorm",)  # the official evaluation (DiCoSA's test loop) reports the QB-Norm rows too
     Params = GLSCLParams
     # The official run scripts' values where they differ from MSR-VTT's (the Params defaults). VATEX has
     # no official script: it keeps the MSR-VTT values.

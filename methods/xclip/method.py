@@ -57,16 +57,9 @@ class XCLIP(Method):
     reported_as = "X-CLIP"
     score_kind = "logits"
     Params = XCLIPParams
-    # The official scripts' max_words / max_frames (the sizes of the L x L and T x T matrices); the other
-    # per-benchmark settings of the scripts (batch size, epochs) are the suite's training settings. VATEX
-    # has no official script: the suite's protocol sizes.
-    benchmark_defaults = {
-        "msrvtt": {"words": 32, "frames": 12},
-        "msvd": {"words": 32, "frames": 12},
-        "lsmdc": {"words": 32, "frames": 12},
-        "didemo": {"words": 64, "frames": 64},
-        "activitynet": {"words": 64, "frames": 64},
-    }
+    # The official scripts' max_words / max_frames (the sizes of the L x L and T x T matrices) are the
+    # benchmarks' protocol values (32 / 12; 64 / 64 for DiDeMo and ActivityNet), which `words` and `frames`
+    # take when unset; the scripts' other settings (batch size, epochs) are the suite's training settings.
 
     def __init__(self, backbone, params: XCLIPParams):
         super().__init__(backbone, params)

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.api.backbone import Backbone, ClipShape, build_clip
-from harness.evaluate import rank_features, score_in_chunks
-from harness.metrics import text_to_video, video_to_text
+from harness.retrieval.ranking import rank_features
+from harness.retrieval.tiles import Scoring, score_in_chunks
+from harness.retrieval.metrics import text_to_video, video_to_text
 
 CPU = torch.device("cpu")
 DIM, FRAMES, PATCHES = 512, 12, 49
@@ -48,10 +49,10 @@ def test_eercf_two_stage_in_both_directions(benchmark):
     timings = {}
     for direction in ("t2v", "v2t"):
         start = time.perf_counter()
-        coarse, two_stage = rank_features(method, text, video, owners, 1024, CPU, directions=(direction,))
+        coarse, two_stage = rank_features(method, text, video, owners, Scoring(CPU, 1024), directions=(direction,))
         timings[direction] = time.perf_counter() - start
         assert two_stage.fine_scores[direction] == n * method.candidates()
-    benchmark.pedantic(lambda: rank_features(method, text, video, owners, 1024, CPU, directions=("v2t",)),
+    benchmark.pedantic(lambda: rank_features(method, text, video, owners, Scoring(CPU, 1024), directions=("v2t",)),
                        rounds=1, iterations=1)
     benchmark.extra_info.update(queries=n, t2v_seconds=round(timings["t2v"], 3),
                                 v2t_seconds=round(timings["v2t"], 3),
@@ -67,9 +68,9 @@ def test_a_square_split_within_one_chunk_is_scored_once(benchmark):
     text = {"text": torch.randn(n, DIM)}
     video = {"frames": torch.randn(n, FRAMES, DIM), "frame_mask": torch.ones(n, FRAMES, dtype=torch.bool)}
     start = time.perf_counter()
-    full = score_in_chunks(method, text, video, 1024, CPU)
+    full = score_in_chunks(method, text, video, Scoring(CPU, 1024))
     matrix_seconds = time.perf_counter() - start
-    (stage,) = benchmark.pedantic(lambda: rank_features(method, text, video, torch.arange(n), 1024, CPU),
+    (stage,) = benchmark.pedantic(lambda: rank_features(method, text, video, torch.arange(n), Scoring(CPU, 1024)),
                                   rounds=1, iterations=1)
     owners = torch.arange(n)
     assert (stage.rankings["t2v"].ranks == text_to_video(full, owners).ranks).all()

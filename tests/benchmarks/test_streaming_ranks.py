@@ -16,8 +16,10 @@ from conftest import rerank_row
 from peak_memory import peak_memory_mib
 
 from harness.api.backbone import Backbone, build_clip
-from harness.evaluate import move_features, rank_features, score_in_chunks, slice_features
-from harness.metrics import text_to_video, video_to_text
+from harness.retrieval.features import move_features, slice_features
+from harness.retrieval.ranking import rank_features
+from harness.retrieval.tiles import Scoring, score_in_chunks
+from harness.retrieval.metrics import text_to_video, video_to_text
 from methods.eercf import EERCF, EERCFParams
 
 CPU = torch.device("cpu")
@@ -29,7 +31,8 @@ def big(benchmark) -> bool:
 
 SETUP = """
 import torch
-from harness.evaluate import rank_features
+from harness.retrieval.ranking import rank_features
+from harness.retrieval.tiles import Scoring
 from harness.api.method import Method
 class Dot(Method):
     name = "dot"
@@ -58,7 +61,7 @@ class Dot(torch.nn.Module):
 
 def test_streaming_ranks_peak_memory(benchmark):
     n = 20000 if big(benchmark) else 2000
-    statement = ("(stage,) = rank_features(Dot(), text, video, torch.arange(n), 1024, torch.device('cpu')); "
+    statement = ("(stage,) = rank_features(Dot(), text, video, torch.arange(n), Scoring(torch.device('cpu'), 1024)); "
                  "report['r1'] = float((stage.rankings['t2v'].ranks == 1).mean())")
     report = benchmark.pedantic(lambda: peak_memory_mib(SETUP.format(n=n), statement), rounds=1, iterations=1)
     benchmark.extra_info.update(queries=n, gallery=n, peak_mib_beyond_features=round(report["peak_mib"], 1))
@@ -72,11 +75,11 @@ def test_streaming_ranks_against_the_full_matrix(benchmark):
     text, video = {"text": torch.randn(n, 512)}, {"video": torch.randn(n, 512)}
     owners = torch.arange(n)
     start = time.perf_counter()
-    full = score_in_chunks(Dot(), text, video, 1024, CPU)
+    full = score_in_chunks(Dot(), text, video, Scoring(CPU, 1024))
     expected = text_to_video(full, owners), video_to_text(full, owners, n)
     full_s = time.perf_counter() - start
     start = time.perf_counter()
-    (stage,) = benchmark.pedantic(lambda: rank_features(Dot(), text, video, owners, 1024, CPU), rounds=1,
+    (stage,) = benchmark.pedantic(lambda: rank_features(Dot(), text, video, owners, Scoring(CPU, 1024)), rounds=1,
                                   iterations=1)
     streaming_s = time.perf_counter() - start
     benchmark.extra_info.update(size=n, full_matrix_s=round(full_s, 3), streaming_s=round(streaming_s, 3),
@@ -108,7 +111,7 @@ def per_query_two_stage(method, text, video, k: int) -> tuple[torch.Tensor, torc
     coarse stage's rows), every query's top-k by torch.topk, its candidates gathered by advanced indexing and
     fine-scored one query at a time, placed above the rest in coarse order; t2v ranks of both stages counted
     with the int64 sums of the time."""
-    scores = score_in_chunks(method, text, video, 1024, CPU, score_fn=method.coarse_score).double()
+    scores = score_in_chunks(method, text, video, Scoring(CPU, 1024), score_fn=method.coarse_score).double()
     coarse = (scores > scores.diagonal().unsqueeze(1)).sum(dim=1) + 1
     candidates = scores.topk(k, dim=1).indices
     for q in range(scores.shape[0]):
@@ -129,7 +132,7 @@ def test_batched_two_stage_against_the_per_query_loop(benchmark):
 
     def batched():
         with torch.no_grad():
-            return rank_features(method, text, video, torch.arange(n), 1024, CPU, directions=("t2v",))
+            return rank_features(method, text, video, torch.arange(n), Scoring(CPU, 1024), directions=("t2v",))
 
     start = time.perf_counter()
     coarse, two_stage = benchmark.pedantic(batched, rounds=1, iterations=1)

@@ -1,6 +1,6 @@
 """Run directory contents and the results schema.
 
-runs/<suite>/<run-id>/: suite.yaml (resolved), results.json (its schema: harness/results.schema.json),
+runs/<suite>/<run-id>/: suite.yaml (resolved), results.json (its schema: harness/pipeline/results.schema.json),
 ranks/*.csv (per-query ranks), checkpoints/<method>.pt.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 import harness
 from harness.errors import HarnessError
-from harness.files import atomic_write
+from harness.storage.files import atomic_write
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
@@ -131,7 +131,7 @@ def read_results(file: Path) -> dict:
     problem = next(iter(sorted(_validator().iter_errors(results), key=lambda e: list(e.absolute_path))), None)
     if problem is not None:
         raise HarnessError(f"{file}: not a harness results file: at {problem.json_path}: {problem.message} "
-                           "(the format: harness/results.schema.json).")
+                           "(the format: harness/pipeline/results.schema.json).")
     return results
 
 

@@ -37,7 +37,7 @@ from harness import distributed
 from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
-from harness.files import atomic_save
+from harness.storage.files import atomic_save
 from harness.api.method import Features, Method
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def weights_digest(module: nn.Module) -> str:
 
 
 # The engine's code that every method's encoders run through (frames to pixels, tokens, the backbone).
-ENGINE_SOURCES = ("harness/api/backbone.py", "harness/api/method.py", "harness/api/blocks.py", "harness/evaluate.py", "harness/data/video.py",
+ENGINE_SOURCES = ("harness/api/backbone.py", "harness/api/method.py", "harness/api/blocks.py", "harness/retrieval/ranking.py", "harness/data/video.py",
                   "harness/data/text.py")
 
 
@@ -97,7 +97,7 @@ def method_identity(method: Method, device: torch.device, mixed_precision: bool)
     cls = type(method)
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "name": method.name, "code": code_digest(cls),
             "params": dataclasses.asdict(method.params), "weights": weights_digest(method), "device": device.type,
-            # autocast is used only on CUDA (harness.evaluate.autocast): on the CPU the flag changes nothing
+            # autocast is used only on CUDA (harness.retrieval.ranking.autocast): on the CPU the flag changes nothing
             "bf16_autocast": bool(mixed_precision and device.type == "cuda")}
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report.leaderboard import Run
 from harness.report.reported import METRICS, counterpart, read_reported
-from harness.files import atomic_write
-from harness.results import refuse_non_finite
+from harness.storage.files import atomic_write
+from harness.pipeline.results import refuse_non_finite
 
 KEY = ("method", "benchmark", "split", "direction", "stage", "post")
 COST_METRICS = ("per_video_macs", "per_query_macs", "per_pair_macs")

@@ -2,8 +2,8 @@
 
 Kinds, and what writes them:
 - frames: decoded frames, one .npz per video and protocol, under frames/ (harness/data/frames.py);
-- features: encoded videos and queries, under features/ (harness/features.py);
-- backbones: the synthetic suite's pre-trained small CLIP, under backbones/ (harness/synthetic_backbone.py);
+- features: encoded videos and queries, under features/ (harness/retrieval/feature_cache.py);
+- backbones: the synthetic suite's pre-trained small CLIP, under backbones/ (harness/data/synthetic_backbone.py);
 - synthetic: generated synthetic benchmarks, one synthetic-v*-seed*/ folder each (harness/data/synthetic.py);
 - other: anything else at the top of the cache folder.
 An entry of frames, features or backbones is one file (at any depth under its folder); an entry of

@@ -9,7 +9,6 @@ for an hour.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +19,10 @@ import torch
 
 from harness import distributed, registry
 from harness.api.backbone import Backbone, read_state_dict
-from harness.checkpoints import load_backbone, load_checkpoint
+from harness.pipeline.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
 from harness.errors import DataError, HarnessError
+from harness.retrieval.post_rows import method_post_names
 from harness.suite import Suite
 
 
@@ -113,10 +113,13 @@ def load_splits(suite: Suite, benchmark: Benchmark, methods: dict[str, type], pr
     annotation file or video file is a problem (dropped instead, where a partial gallery is allowed)."""
     spec, partial = suite.benchmark, suite.benchmark.allow_partial_gallery
     needs_training = any(m.trains(methods[m.name]) for m in suite.methods)
+    bank_for = [m.name for m in suite.methods if "qbnorm" in method_post_names(methods[m.name], suite.evaluation.post)[0]]
     named = [("test", name) for name in spec.test_splits]
-    if needs_training:
+    if needs_training or bank_for:
         if spec.train_split is None:
-            problems.found.append("benchmark.train_split: a trainable method is listed but no training split is given.")
+            problems.found.append("benchmark.train_split: " + ("a trainable method is listed" if needs_training else
+                                  f"the QB-Norm rows of {', '.join(bank_for)} need a query bank (one caption per "
+                                  "training video)") + " but no training split is given.")
         else:
             named.append(("train", spec.train_split))
             if spec.validation_split is not None:
@@ -165,7 +168,7 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
             problems.check(where, lambda: read_state_dict(spec.checkpoint, f"{spec.name} checkpoint"))
             continue
         cls = methods[spec.name]
-        problems.check(where, lambda: load_checkpoint(cls(copy.deepcopy(backbone), cls.Params(**spec.params)),
+        problems.check(where, lambda: load_checkpoint(cls.build(backbone, spec.params),
                                                       spec.checkpoint, spec.checkpoint_format))
     if problems.found:
         listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems.found, start=1))

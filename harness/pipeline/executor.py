@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.files import atomic_write
-from harness.interrupt import Interrupted, Stopped, signal_number
-from harness.results import read_results, table, write_results
-from harness.rundir import RunLock
+from harness.storage.files import atomic_write
+from harness.pipeline.interrupt import Interrupted, Stopped, signal_number
+from harness.pipeline.results import read_results, table, write_results
+from harness.pipeline.rundir import RunLock
 from harness.suite import Suite
 
 
@@ -46,7 +46,7 @@ def job_main(suite: Suite, job_dir: str, quiet: bool) -> str:
     variables, read by harness.distributed), then the one-method suite into its folder."""
     import submitit
 
-    from harness.run import run_suite
+    from harness.pipeline.run import run_suite
 
     if submitit.JobEnvironment().num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export()
@@ -95,7 +95,7 @@ def executor_for(spec: ExecutorSpec, logs: Path):
 def submit_suite(suite: Suite, run_dir: Path, spec: ExecutorSpec, quiet: bool = False, force: bool = False,
                  log=print, poll_seconds: float = 2.0, invocation: dict | None = None) -> dict:
     """Submit one job per method still to run, merge each as it finishes, and return the run's results."""
-    from harness.run import prepare_results
+    from harness.pipeline.run import prepare_results
 
     if spec.kind == "slurm" and not spec.partition:
         raise HarnessError("--executor slurm needs --slurm-partition P.")

@@ -15,9 +15,9 @@ import pandas as pd
 from harness import registry
 from harness.data.frames import FrameStore
 from harness.errors import DataError
-from harness.files import atomic_write
+from harness.storage.files import atomic_write
 from harness.suite import Suite
-from harness.synthetic_backbone import IMAGE_SIZE, SYNTHETIC_ARCH
+from harness.data.synthetic_backbone import IMAGE_SIZE, SYNTHETIC_ARCH
 
 
 def frame_size(suite: Suite) -> int:

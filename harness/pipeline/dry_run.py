@@ -15,18 +15,18 @@ import torch
 import yaml
 
 from harness import registry
-from harness.cost.report import cost_table, suite_cost
-from harness.data.check import frame_size
+from harness.cost.suite import cost_table, suite_cost
+from harness.data.coverage import frame_size
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
-from harness.features import method_code
-from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
+from harness.retrieval.feature_cache import method_code
+from harness.pipeline.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
 from harness.data.benchmark import check_videos
-from harness.preflight import select_device, videos_by_role
-from harness.results import code_version, read_results
-from harness.run import stored_videos
+from harness.pipeline.preflight import select_device, videos_by_role
+from harness.pipeline.results import code_version, read_results
+from harness.pipeline.run import stored_videos
 from harness.suite import Suite
-from harness.synthetic_backbone import SYNTHETIC_ARCH, VERSION
+from harness.data.synthetic_backbone import SYNTHETIC_ARCH, VERSION
 
 
 def backbone_file(suite: Suite) -> Path | None:

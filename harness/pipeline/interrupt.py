@@ -1,7 +1,7 @@
 """Ctrl-C and SIGTERM (what Slurm sends before it kills a job) stop a run cleanly.
 
 Both become an exception raised where the main thread is: KeyboardInterrupt for SIGINT, `Stopped` for
-SIGTERM. Every file the harness writes is replaced atomically (harness/files.py), so any point is a safe
+SIGTERM. Every file the harness writes is replaced atomically (harness/storage/files.py), so any point is a safe
 point: finished work is already on disk, nothing is half-written. The run turns either into `Interrupted`,
 which says what was kept and how to continue; the command line prints it as one line and exits with
 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).

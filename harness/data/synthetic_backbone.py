@@ -17,7 +17,7 @@ from harness.api.backbone import ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
 from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
-from harness.files import atomic_torch_save
+from harness.storage.files import atomic_torch_save
 from harness.api.method import symmetric_cross_entropy
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP

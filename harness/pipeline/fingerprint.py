@@ -59,7 +59,7 @@ TRAINING_PARTS = ("training", "training_videos")
 
 def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, suite: dict,
                     videos: dict[str, dict[str, str]]) -> dict[str, str]:
-    """`videos`: role ("test", "training") -> {video id: key} (harness.preflight.videos_by_role)."""
+    """`videos`: role ("test", "training") -> {video id: key} (harness.pipeline.preflight.videos_by_role)."""
     return {"code_version": code_version, "backbone_weights": file_fingerprint(Path(backbone_checkpoint)),
             "device": device, "suite": digest(suite_part(suite, training=False)),
             "training": digest(suite_part(suite, training=True)),
@@ -67,7 +67,7 @@ def run_fingerprint(code_version: str, backbone_checkpoint: str, device: str, su
 
 
 def method_fingerprint(spec: MethodSpec, run: dict[str, str], trains: bool, code: str) -> str:
-    """`code`: the digest of the method's source (harness.features.method_code): a plugin installed apart from
+    """`code`: the digest of the method's source (harness.retrieval.feature_cache.method_code): a plugin installed apart from
     the harness, or edited in place, is not covered by the harness's own code version."""
     checkpoint = file_fingerprint(Path(spec.checkpoint).expanduser()) if spec.checkpoint else None
     shared = {k: v for k, v in run.items() if trains or k not in TRAINING_PARTS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def new_method(name: str, directory: Path | None = None) -> list[Path]:
         target.write_text(environment.get_template(relative.as_posix()).render(**values))
         written.append(target)
     return written
+
+
+def _new_method(args: argparse.Namespace) -> None:
+    folder = Path(args.dir or args.name)
+    for path in new_method(args.name, folder):
+        print(f"wrote {path}")
+    print(f"next: pip install -e {folder} && harness check-method {args.name} && harness run {folder / 'suite.yaml'}")
+
+
+def add(commands) -> None:
+    scaffold = commands.add_parser("new-method", help="write a ready plugin package for a new method (entry point, "
+                                                      "method module, example suite, conformance test)")
+    scaffold.add_argument("name", help="the method's registered name, e.g. my-method")
+    scaffold.add_argument("--dir", help="where to write the package (default: ./NAME)")
+    scaffold.set_defaults(handler=_new_method)

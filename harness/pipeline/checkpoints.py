@@ -13,10 +13,10 @@ from pathlib import Path
 from harness import registry
 from harness.api.backbone import Backbone, load_clip, load_weights_strictly, read_state_dict
 from harness.errors import CheckpointError, SuiteError
-from harness.files import atomic_torch_save
+from harness.storage.files import atomic_torch_save
 from harness.api.method import Method
 from harness.suite import Suite, method_params
-from harness.synthetic_backbone import SYNTHETIC_ARCH, synthetic_checkpoint
+from harness.data.synthetic_backbone import SYNTHETIC_ARCH, synthetic_checkpoint
 
 
 def load_backbone(suite: Suite, cache_dir: Path, quiet: bool = False) -> Backbone:
@@ -49,7 +49,7 @@ def build_method(suite: Suite, name: str, backbone) -> Method:
     if cls is None:
         raise SuiteError(f"unknown method {name!r}; available: {', '.join(sorted(registry.methods()))}.")
     params = specs[name].params if name in specs else method_params(cls, suite, {}, f"{name} params")
-    return cls(backbone, cls.Params(**params))
+    return cls.build(backbone, params)
 
 
 def import_checkpoint(suite: Suite, name: str, path: str | Path, output: str | Path, quiet: bool = False) -> int:

@@ -6,7 +6,6 @@ weights, and the inputs are random pixels and tokens of the protocol's sizes. No
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import asdict
@@ -23,9 +22,9 @@ from harness.cost.scale import measure_scale, scale_record
 from harness.cost.timing import time_method
 from harness.errors import DataError
 from harness.report.reported import head_flops
-from harness.results import code_version, environment
+from harness.pipeline.results import code_version, environment
 from harness.suite import Suite
-from harness.synthetic_backbone import SYNTHETIC_ARCH, small_shape
+from harness.data.synthetic_backbone import SYNTHETIC_ARCH, small_shape
 
 def shape_backbone(suite: Suite) -> Backbone:
     """The suite's backbone architecture with random weights (counting needs shapes only)."""
@@ -78,7 +77,7 @@ def suite_cost(suite: Suite, device: torch.device, timing: bool = True, log=prin
             record["pending"].remove(spec.name)
             continue
         cls = registry.methods()[spec.name]
-        method = cls(copy.deepcopy(backbone), cls.Params(**spec.params))
+        method = cls.build(backbone, spec.params)
         log(f"counting {spec.name} ...")
         cost = method_cost(method, protocol.frames, protocol.words, size)
         entry = cost.to_dict(gallery=MATRIX_1KA)

@@ -21,6 +21,7 @@ rank selects the same epoch). Rank 0 writes the training state; every rank reads
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -37,10 +38,11 @@ from harness.data.frames import FrameStore
 from harness.data.text import tokenize
 from harness.data.video import decode, pad_frames, to_pixels
 from harness.errors import TrainingError
-from harness.files import atomic_torch_save
-from harness.evaluate import autocast, evaluate_split
+from harness.storage.files import atomic_torch_save
+from harness.retrieval.ranking import Evaluation, evaluate_split
+from harness.retrieval.tiles import autocast
 from harness.api.method import Method
-from harness.metrics import summarize
+from harness.retrieval.metrics import summarize
 from harness.progress import progress
 from harness.suite import TrainingSpec
 
@@ -132,10 +134,18 @@ class PairBatches:
             yield torch.stack(frames), torch.stack(masks), self.tokens[captions], self.token_mask[captions]
 
 
-def validation_r1(method: Method, split: Split, store: FrameStore, words: int, batch_size: int, chunk: int,
-                  device: torch.device, mixed_precision: bool) -> float:
-    final = evaluate_split(method, split, store, words, batch_size, chunk, device, mixed_precision, quiet=True,
-                           directions=("t2v",))[-1]  # the two-stage result for two-stage methods
+@dataclass
+class Validation:
+    """The split an epoch's checkpoint is selected on, its frames, and how it is evaluated (t2v R@1)."""
+
+    split: Split
+    store: FrameStore
+    evaluation: Evaluation
+
+
+def validation_r1(method: Method, validation: Validation) -> float:
+    evaluation = dataclasses.replace(validation.evaluation, directions=("t2v",), quiet=True)
+    final = evaluate_split(method, validation.split, validation.store, evaluation)[-1]  # two-stage: the final ranks
     return summarize(final.rankings["t2v"])["R1"]
 
 
@@ -195,9 +205,9 @@ def cpu_state(method: Method) -> dict:
     return {k: v.detach().cpu().clone() for k, v in method.state_dict().items()}
 
 
-def train(method: Method, batches: PairBatches, validation: Split | None, eval_store: FrameStore, words: int,
-          spec: TrainingSpec, eval_batch: int, chunk: int, device: torch.device, quiet: bool = False,
-          log=print, state_file: Path | None = None, fingerprint: str = "") -> TrainingRecord:
+def train(method: Method, batches: PairBatches, spec: TrainingSpec, device: torch.device,
+          validation: Validation | None = None, quiet: bool = False, log=print, state_file: Path | None = None,
+          fingerprint: str = "") -> TrainingRecord:
     """Train in place; on return the method holds the selected checkpoint's weights. With `state_file`,
     continue from it when present and write it (with `fingerprint`, what produced it) after every epoch's
     training, before its validation, and again after it: a run stopped during a validation continues at that
@@ -243,8 +253,7 @@ def train(method: Method, batches: PairBatches, validation: Split | None, eval_s
         if validation is not None:
             save(epoch, entry)  # trained: a stop during the validation continues at it
             # every rank encodes and ranks its share of the validation split and ends with the same R@1
-            entry["validation_R1"] = validation_r1(method, validation, eval_store, words, eval_batch, chunk, device,
-                                                   mixed)
+            entry["validation_R1"] = validation_r1(method, validation)
             if spec.selection == "validation" and entry["validation_R1"] > loop.best_r1:
                 loop.best_r1, loop.best_epoch = entry["validation_R1"], epoch
                 loop.best_state = cpu_state(method)

@@ -92,3 +92,27 @@ def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Ten
 def concat_rankings(parts: list[Ranking]) -> Ranking:
     """The rankings of consecutive query chunks, as one."""
     return Ranking(np.concatenate([p.ranks for p in parts]), np.concatenate([p.tied for p in parts]))
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Where each query's ground truth is, for ranking blocks of queries against the whole gallery: `owners`
+    (n_captions,) the video of each caption; `direction` t2v (a query is a caption) or v2t (a video, ranked by
+    `v2t_convention` on multi-caption splits)."""
+
+    owners: Tensor
+    n_videos: int
+    direction: str
+    v2t_convention: str = MULTI_CAPTION_V2T
+
+    def rank(self, block: Tensor, q0: int) -> Ranking:
+        """The ranks of the queries q0.. whose rows against the whole gallery `block` holds."""
+        queries = torch.arange(q0, q0 + block.shape[0])
+        if self.direction == "t2v":
+            return text_to_video(block, self.owners[queries])
+        return videos_against_captions(block, queries, self.owners, self.n_videos, self.v2t_convention)
+
+    @property
+    def one_per_query(self) -> bool:
+        """Each query has one ground truth item: every t2v query, and a v2t one where a video has one caption."""
+        return self.direction == "t2v" or one_caption_per_video(self.owners, self.n_videos)

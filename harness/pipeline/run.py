@@ -1,20 +1,20 @@
 """`harness run`: suite -> pre-flight -> for each method: train, select, evaluate, cost -> results.json.
 
-A run directory is owned by one run at a time (harness/rundir.py). A run into a directory that already
-holds results continues it: methods whose fingerprint (harness/fingerprint.py) matches the stored one are
+A run directory is owned by one run at a time (harness/pipeline/rundir.py). A run into a directory that already
+holds results continues it: methods whose fingerprint (harness/pipeline/fingerprint.py) matches the stored one are
 kept as they are, the others run; a stored run produced differently (code, weights, annotations, protocol,
 a method's params) is refused, naming what differs, so rows of two different runs are never mixed and
 finished rows are never overwritten. results.json is written atomically after every method; Ctrl-C and
-SIGTERM stop the run with what is finished kept (harness/interrupt.py).
+SIGTERM stop the run with what is finished kept (harness/pipeline/interrupt.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,25 +22,27 @@ import torch
 import yaml
 
 from harness import distributed, registry
-from harness.checkpoints import load_checkpoint
+from harness.pipeline.checkpoints import load_checkpoint
 from harness.cost.model import method_cost
 from harness.cost.timing import time_method
 from harness.data.benchmark import Split, drop_videos
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
-from harness.evaluate import StageRanks, evaluate_split
-from harness.features import FeatureCache, method_code
-from harness.files import atomic_torch_save, atomic_write
-from harness.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
-from harness.interrupt import Interrupted, Stopped, signal_number
+from harness.retrieval.ranking import Evaluation, StageRanks, evaluate_split
+from harness.retrieval.post_rows import method_post_names, post_processings
+from harness.retrieval.tiles import Scoring
+from harness.retrieval.feature_cache import FeatureCache, method_code
+from harness.storage.files import atomic_torch_save, atomic_write
+from harness.pipeline.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
+from harness.pipeline.interrupt import Interrupted, Stopped, signal_number
 from harness.api.method import Method
-from harness.metrics import RECALL_AT, summarize
-from harness.preflight import Prepared, preflight
-from harness.results import (SCHEMA_VERSION, code_version, environment, new_run_dir, read_results, started_at,
+from harness.retrieval.metrics import RECALL_AT, summarize
+from harness.pipeline.preflight import Prepared, preflight
+from harness.pipeline.results import (SCHEMA_VERSION, code_version, environment, new_run_dir, read_results, started_at,
                              table, write_ranks, write_results)
-from harness.rundir import RunLock
+from harness.pipeline.rundir import RunLock
 from harness.suite import MethodSpec, Suite
-from harness.train import PairBatches, train
+from harness.pipeline.train import PairBatches, Validation, train
 
 
 def decode_split(store: FrameStore, split: Split, allow_partial: bool) -> Split:
@@ -56,12 +58,13 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
         video_ids = [v.id for v in split.videos]
         queries = split.captions if direction == "t2v" else video_ids
         truth = [video_ids[i] for i in split.caption_video] if direction == "t2v" else video_ids
-        label = name if stage.stage == "single" else f"{name}@{stage.stage}"
+        label = (name if stage.stage == "single" else f"{name}@{stage.stage}") + (
+            f"+{stage.post}" if stage.post != "none" else "")
         ranks_file = write_ranks(run_dir, label, split.name, direction, ranking.ranks, ranking.tied, queries,
                                  truth)
         row = {
             "method": name, "benchmark": suite.benchmark.name, "split": split.name, "direction": direction,
-            "stage": stage.stage, "post": "none", **summarize(ranking, RECALL_AT),
+            "stage": stage.stage, "post": stage.post, **summarize(ranking, RECALL_AT),
             "coverage": split.coverage, "queries": len(ranking.ranks),
             "gallery": len(split.captions) if direction == "v2t" and protocol.multi_caption_v2t ==
             "all-captions" and split.shape == "multi-caption" else len(split.videos),
@@ -70,6 +73,8 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
             **({"v2t_convention": protocol.multi_caption_v2t}
                if direction == "v2t" and split.shape == "multi-caption" else {}),
         }
+        if stage.post != "none":  # what the post-processing used (temperature; QB-Norm's settings and bank)
+            row["post_settings"] = stage.post_settings[direction]
         if stage.stage == "two-stage":  # fine scores actually computed, against the full matrix
             row.update(candidates=k, fine_scores=stage.fine_scores[direction], all_pairs=stage.pairs)
         if stage.index is not None:  # searched by a FAISS index; an approximate one's rows carry its recall
@@ -196,10 +201,16 @@ class RunContext:
     log: Callable = print
 
 
+    def evaluation(self) -> Evaluation:
+        suite, evaluation = self.suite, self.suite.evaluation
+        return Evaluation(Scoring(self.prepared.device, evaluation.score_chunk, suite.training.mixed_precision),
+                          suite.protocol.words, evaluation.batch_size, tuple(evaluation.directions),
+                          suite.protocol.multi_caption_v2t, evaluation.index_spec(), self.features, self.quiet)
+
+
 def build_method(ctx: RunContext, spec: MethodSpec) -> Method:
-    cls = ctx.prepared.methods[spec.name]
     torch.manual_seed(ctx.suite.seed)  # head initialisation does not depend on the method order
-    return cls(copy.deepcopy(ctx.prepared.backbone), cls.Params(**spec.params)).to(ctx.prepared.device)
+    return ctx.prepared.methods[spec.name].build(ctx.prepared.backbone, spec.params).to(ctx.prepared.device)
 
 
 def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: str) -> dict:
@@ -226,9 +237,9 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
     protocol, training = suite.protocol, suite.training
     batches = PairBatches(prepared.train_split, ctx.train_store, protocol.words, training.batch_size, suite.seed,
                           ctx.train_policy, protocol.frames, ctx.store.size)
-    validation = prepared.validation if training.selection == "validation" else None
-    record = train(method, batches, validation, ctx.store, protocol.words, training, suite.evaluation.batch_size,
-                   suite.evaluation.score_chunk, prepared.device, ctx.quiet, ctx.log, state_file, fingerprint)
+    validation = (Validation(prepared.validation, ctx.store, ctx.evaluation())
+                  if training.selection == "validation" and prepared.validation is not None else None)
+    record = train(method, batches, training, prepared.device, validation, ctx.quiet, ctx.log, state_file, fingerprint)
     output = {"training": asdict(record), "checkpoint": str(checkpoint.relative_to(run_dir))}
     if distributed.is_main():
         state = method.state_dict()
@@ -250,14 +261,14 @@ def stored_fingerprint(file: Path) -> str | None:
 
 def evaluate_stage(ctx: RunContext, spec: MethodSpec, method: Method) -> list[dict]:
     """Every test split, every direction and retrieval stage: rows, with their per-query ranks written. In a
-    process group every rank encodes and ranks its share (harness/evaluate.py); rank 0 writes."""
-    suite, evaluation = ctx.suite, ctx.suite.evaluation
+    process group every rank encodes and ranks its share (harness/retrieval/ranking.py); rank 0 writes."""
+    suite = ctx.suite
+    names, _ = method_post_names(type(method), suite.evaluation.post)
+    evaluation = dataclasses.replace(ctx.evaluation(), post=post_processings(names, ctx.prepared.train_split,
+                                                                             suite.benchmark.name))
     rows = []
     for split in ctx.prepared.test_splits:
-        for stage in evaluate_split(method, split, ctx.store, suite.protocol.words, evaluation.batch_size,
-                                    evaluation.score_chunk, ctx.prepared.device, suite.training.mixed_precision,
-                                    ctx.quiet, tuple(evaluation.directions), cache=ctx.features,
-                                    v2t_convention=suite.protocol.multi_caption_v2t, index=evaluation.index_spec()):
+        for stage in evaluate_split(method, split, ctx.store, evaluation):
             if distributed.is_main():  # every rank ranked its share; rank 0 writes the rows and ranks files
                 rows += stage_rows(ctx.run_dir, suite, spec.name, split, stage, method.candidates(),
                                    method_code(type(method)))
@@ -282,6 +293,10 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
              "trained": spec.trains(cls), "reported_as": cls.reported_as,
              "benchmark_defaults": cls.benchmark_defaults.get(ctx.suite.benchmark.name, {}),
              "protocol": method.protocol()}
+    entry["post_processing"], skipped = method_post_names(cls, ctx.suite.evaluation.post)
+    if skipped:
+        entry["post_skipped"] = skipped
+        ctx.log(f"  {spec.name}: no post-processed rows: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     if spec.checkpoint is not None:
         load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
@@ -341,7 +356,7 @@ def open_results(suite: Suite, prepared: Prepared, size: int, train_policy: str,
 
 def prepare_results(suite: Suite, run_dir: Path, quiet: bool, force: bool, log, device_type: str
                     ) -> tuple[dict, list[str]]:
-    """For a submitter (harness/executor.py): the pre-flight only (the jobs decode and compute), then the
+    """For a submitter (harness/pipeline/executor.py): the pre-flight only (the jobs decode and compute), then the
     results its jobs are merged into and the methods kept from a stored run."""
     stored = stored_results(run_dir)
     refuse_a_differing_run(stored, suite, run_dir, force)

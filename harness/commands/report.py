@@ -1,0 +1,52 @@
+"""`harness report`: HTML, LaTeX and Markdown leaderboards from saved runs (nothing is recomputed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from harness.report.leaderboard import build_leaderboards, load_run
+    from harness.report.render import FORMATS, write_report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise HarnessError(f"--format {args.format!r}: choose from {', '.join(FORMATS)} (comma-separated).")
+    compare = tuple(args.compare.split(",")) if args.compare else None
+    if compare is not None and len(compare) != 2:
+        raise HarnessError(f"--compare {args.compare!r}: give two method names, e.g. glscl,clip4clip-meanp.")
+    runs = [load_run(path) for path in args.runs]
+    boards = build_leaderboards(runs, args.reference, compare, resamples=args.resamples)
+    output = Path(args.output) if args.output else runs[0].folder / "report"
+    cost = None
+    if args.cost:
+        try:
+            cost = json.loads(Path(args.cost).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise HarnessError(f"--cost {args.cost}: cannot be read as a `harness cost --output` file ({error}).") from None
+        if not isinstance(cost, dict) or not isinstance(cost.get("methods"), dict):
+            raise HarnessError(f"--cost {args.cost}: not a `harness cost --output` file (no methods).")
+    for path in write_report(boards, runs, formats, output, cost):
+        print(f"wrote {path}")
+
+
+def add(commands) -> None:
+    report = commands.add_parser("report", help="HTML, LaTeX and Markdown leaderboards from saved runs (nothing is "
+                                                "recomputed)")
+    report.add_argument("runs", nargs="+", help="run directories (or their results.json)")
+    report.add_argument("--format", default="html,tex,md", help="comma-separated: html, tex, md (default: all)")
+    report.add_argument("--output", help="report folder (default: <first run>/report)")
+    report.add_argument("--reference", default="clip4clip-meanp",
+                        help="method the paired test and the time ratio compare against (default: clip4clip-meanp)")
+    report.add_argument("--compare", help="two methods for the per-query view, e.g. glscl,clip4clip-meanp "
+                                          "(default: the best R@1 against the reference)")
+    report.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    report.add_argument("--cost", metavar="COST_JSON", help="a `harness cost --gallery ... --output` file: adds the "
+                                                            "measured online cost at scale (table and plot)")
+    report.set_defaults(handler=_report)
