@@ -40,14 +40,15 @@ class BackboneSpec:
 
 @dataclass
 class BenchmarkSpec:
-    name: str
+    name: str  # a registered benchmark (harness list): msrvtt, msvd, didemo, lsmdc, activitynet, vatex, synthetic
     root: str | None = None  # annotation folder; the benchmark says what it expects there
     videos: str | None = None  # video folder; default <root>/videos
-    train_split: str | None = None
+    train_split: str | None = None  # the split methods train on (and QB-Norm's query bank comes from)
     # Checkpoint selection on this split (one with its own validation videos, e.g. MSVD's val); without
     # it, training.validation_videos are carved from the training videos (MSR-VTT has no validation split).
     validation_split: str | None = None
-    test_splits: list[str] = field(default_factory=list)
+    test_splits: list[str] = field(default_factory=list)  # the splits evaluated (at least one)
+    # Evaluate on the videos present when some are missing or unreadable (each row records its coverage)
     allow_partial_gallery: bool = False
     # Seconds one video may take to decode; a video that makes the decoder hang is reported as unreadable.
     decode_timeout: float = 120.0
@@ -58,8 +59,9 @@ class BenchmarkSpec:
 
 @dataclass
 class ProtocolSpec:
-    frames: int = 12
-    words: int = 32
+    frames: int = 12  # frames per video (padded videos carry a frame mask)
+    words: int = 32  # tokens per caption: [SOT] + words + [EOT], zero-padded
+    # one frame per second, then linspace to `frames` (CLIP4Clip); or the middle of `frames` equal spans (X-Pool)
     sampling: Sampling = "fps1-linspace"
     train_sampling: TrainSampling | None = None  # default: same as sampling
     image_size: int | None = None  # default: the backbone's input size
@@ -70,29 +72,30 @@ class ProtocolSpec:
 
 @dataclass
 class TrainingSpec:
-    epochs: int = 5
-    batch_size: int = 128
+    epochs: int = 5  # passes over every (training video, caption) pair
+    batch_size: int = 128  # the global batch, whatever the number of processes (it must divide by it)
     lr: float = 1e-4  # new modules
     coef_lr: float = 1e-3  # backbone lr = lr * coef_lr
-    weight_decay: float = 0.2
-    warmup_proportion: float = 0.1
-    grad_clip: float = 1.0
-    max_logit_scale: float = 100.0
+    weight_decay: float = 0.2  # decoupled (AdamW); none on biases and norms
+    warmup_proportion: float = 0.1  # linear warm-up over this fraction of the steps, then cosine
+    grad_clip: float = 1.0  # the gradient norm clipped to this
+    max_logit_scale: float = 100.0  # the logit scale clamped to at most this after every step
     validation_videos: int = 500  # carved deterministically from the training videos
+    # the checkpoint evaluated: the epoch of best validation R@1, or the last one
     selection: Literal["validation", "last-epoch"] = "validation"
     mixed_precision: bool = True  # used only on CUDA
 
 
 @dataclass
 class EvaluationSpec:
-    directions: list[Direction] = field(default_factory=lambda: ["t2v", "v2t"])
+    directions: list[Direction] = field(default_factory=lambda: ["t2v", "v2t"])  # text-to-video, video-to-text
     batch_size: int = 64  # videos or queries encoded at once
     score_chunk: int = 1024  # queries x gallery items scored at once (per side)
     # Search the gallery of inner-product methods with a FAISS index: "exact" (IndexFlatIP, the engine's
     # ranks) or an approximate one, "ivf" (nlist, nprobe, depth) or "hnsw" (M, ef_construction, ef_search,
     # depth), whose rows are labelled approximate and carry the index's recall. "none": the engine scores.
     index: Literal["none", "exact", "ivf", "hnsw"] = "none"
-    index_params: dict[str, int] = field(default_factory=dict)
+    index_params: dict[str, int] = field(default_factory=dict)  # the index's parameters (see evaluation.index)
     # Post-processed rows beside the plain ones, for every method (a method's official ones are added anyway):
     # "dsl" (inverted softmax over the test queries) and "qbnorm" (its bank: one caption per training video).
     post: list[Literal["dsl", "qbnorm"]] = field(default_factory=list)
@@ -103,12 +106,13 @@ class EvaluationSpec:
 
 @dataclass
 class MethodSpec:
-    name: str
+    name: str  # a registered method (harness list), or distribution:name where two distributions register it
+    # the method's own hyper-parameters over its official (per-benchmark) defaults
     params: dict[str, Any] = field(default_factory=dict)
     # Evaluate this checkpoint instead of training: saved by the method's official code ("official") or
     # by the harness (a run's checkpoints/<method>.pt, or `harness import-checkpoint` output).
     checkpoint: str | None = None
-    checkpoint_format: Literal["official", "harness"] = "official"
+    checkpoint_format: Literal["official", "harness"] = "official"  # what wrote `checkpoint`
 
     def trains(self, method_cls: type) -> bool:
         """Whether this entry trains its method (a trainable method with no checkpoint given)."""
@@ -117,16 +121,17 @@ class MethodSpec:
 
 @dataclass
 class Suite:
-    name: str
+    name: str  # names the runs folder: runs/<name>/<run-id>
     benchmark: BenchmarkSpec
     methods: list[MethodSpec]
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
-    seed: int = 42
+    seed: int = 42  # every random choice: data order, head initialisation, the synthetic benchmark and backbone
+    # generated data, decoded frames, encoded features, pre-trained backbones (harness cache info)
     cache_dir: str = "${HARNESS_CACHE:-~/.cache/tvr-harness}"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     source: str = "<memory>"  # the file it was read from (not a YAML key)
 
     def to_dict(self) -> dict[str, Any]:

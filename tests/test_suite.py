@@ -154,3 +154,27 @@ def test_validation_split_must_be_a_split_of_the_benchmark(tmp_path):
                            "methods: [{name: zeroshot}]\n")
     with pytest.raises(SuiteError, match=r"benchmark.validation_split: unknown split 'val' of vatex"):
         load_suite(path)
+
+
+def test_the_suite_key_reference_covers_every_key_and_is_the_one_in_the_plugin_docs():
+    """Generated from the suite schema: every key the reader accepts has a line with its type, default and
+    meaning; docs/plugins.md holds exactly the generated table (regenerate it with `harness list --suite-keys`)."""
+    import dataclasses
+
+    from harness.suite_reference import SECTIONS, key_reference
+
+    reference = key_reference()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in reference.splitlines()[2:]}
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if field.name == "source" or (section == "" and field.name in ("benchmark", "methods", "backbone",
+                                                                            "protocol", "training", "evaluation")):
+                continue
+            key = f"{section}.{field.name}" if section else field.name
+            assert key in rows, key
+            assert not rows[key].rstrip().endswith("|  |"), f"{key} has no meaning in the reference"
+    assert "a finite value >= 1" in rows["training.epochs"] and "`5`" in rows["training.epochs"]
+    marker = "<!-- suite keys: generated -->\n"
+    docs = (REPO / "docs" / "plugins.md").read_text()
+    assert marker in docs
+    assert docs.split(marker, 1)[1].startswith(reference), "docs/plugins.md: run `harness list --suite-keys` again"

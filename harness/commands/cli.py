@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.distributed import rank_label
-    from harness.pipeline.interrupt import Stopped, signal_number, stop_on_sigterm
+    from harness.interrupt import Stopped, signal_number, stop_on_sigterm
 
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

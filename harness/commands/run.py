@@ -41,7 +41,7 @@ def _load_suite(args: argparse.Namespace, checkpoints: dict[str, tuple[str, str]
 def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
     """Run (or, with --dry-run, describe) the suite into --resume / --output; a signal ends it with the
     command that continues."""
-    from harness.pipeline.interrupt import Interrupted
+    from harness.interrupt import Interrupted
     from harness.pipeline.run import run_suite
 
     if args.resume and args.output and Path(args.resume) != Path(args.output):
@@ -70,6 +70,9 @@ def _execute(args: argparse.Namespace, suite, invocation: dict) -> int:
         else:
             run_suite(suite, run_dir, quiet=args.quiet, force=args.force, invocation=invocation, log=log)
     except Interrupted as stop:
+        if stop.run_dir is None:  # stopped before any result was written: the same command starts it again
+            print(f"{stop.message}; continue with: {shlex.join(['harness', *args.argv])}", file=sys.stderr)
+            return stop.exit_code
         command = ["harness", args.command, args.suite, "--resume", str(stop.run_dir)]
         for option, values in (("--set", args.set), ("--checkpoint", getattr(args, "checkpoint", []))):
             for value in values:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from harness.api.backbone import ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
@@ -19,6 +18,8 @@ from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
 from harness.storage.files import atomic_torch_save
 from harness.api.method import symmetric_cross_entropy
+from harness.interrupt import Stopped
+from harness.progress import progress
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
 VERSION = 1  # bump when the recipe below changes: a new cache file is written
@@ -42,33 +43,68 @@ def _batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, tokens
 
 
-def pretrain(seed: int, quiet: bool = False) -> dict[str, torch.Tensor]:
+SAVE_EVERY = 25  # steps between two saves of the pre-training state (a stop loses at most these)
+
+
+def pretrain(seed: int, steps: int = STEPS, quiet: bool = False, state_file: Path | None = None,
+             log=print) -> dict[str, torch.Tensor]:
+    """The small CLIP pre-trained for `steps` steps. With `state_file`, the state after every SAVE_EVERY steps
+    (weights, optimizer, schedule, the data generator, torch's generator) is written there: a pre-training
+    stopped (Ctrl-C, SIGTERM, a crash) continues from it and ends with the weights of an uninterrupted one."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_clip(small_shape(), CONTEXT_LENGTH, quick_gelu=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / STEPS))
+        optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
     )
+    first = 0
+    if state_file is not None and state_file.is_file():
+        saved = torch.load(state_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.bit_generator.state, first = saved["rng"], saved["step"]
+        torch.set_rng_state(saved["torch"])
+        log(f"continuing the synthetic backbone's pre-training after step {first} of {steps} ({state_file})")
     model.train()
-    for _ in tqdm(range(STEPS), desc="pre-training the synthetic backbone", disable=quiet, leave=False):
-        pixels, tokens = _batch(rng)
-        image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
-        text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
-        loss = symmetric_cross_entropy(model.logit_scale.exp() * text @ image.t())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(max=math.log(100.0))
+    try:
+        for step in progress(range(first, steps), "pre-training the synthetic backbone", quiet, total=steps - first):
+            pixels, tokens = _batch(rng)
+            image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+            text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+            loss = symmetric_cross_entropy(model.logit_scale.exp() * text @ image.t())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(max=math.log(100.0))
+            if state_file is not None and (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
+                atomic_torch_save(state_file, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "rng": rng.bit_generator.state, "torch": torch.get_rng_state(), "step": step + 1},
+                    "pre-training state")
+    except (KeyboardInterrupt, Stopped):
+        if state_file is not None and state_file.is_file():
+            kept = torch.load(state_file, map_location="cpu", weights_only=True)["step"]
+            log(f"the synthetic backbone's pre-training was stopped; its state after step {kept} of {steps} is kept "
+                f"in {state_file}, and the same command continues from it")
+        raise
     return model.state_dict()
 
 
-def synthetic_checkpoint(cache_dir: Path, seed: int, quiet: bool = False) -> Path:
-    """Path of the cached pre-trained small CLIP (OpenAI layout), pre-training it on first use."""
-    path = Path(cache_dir) / "backbones" / f"synthetic-small-v{VERSION}-seed{seed}.pt"
+def checkpoint_path(cache_dir: Path, seed: int) -> Path:
+    """Where the cached pre-trained small CLIP of `seed` is (OpenAI layout)."""
+    return Path(cache_dir) / "backbones" / f"synthetic-small-v{VERSION}-seed{seed}.pt"
+
+
+def synthetic_checkpoint(cache_dir: Path, seed: int, quiet: bool = False, log=print) -> Path:
+    """The cached pre-trained small CLIP, pre-trained on first use (a stopped pre-training continues from its
+    state, kept beside it)."""
+    path = checkpoint_path(cache_dir, seed)
     if not path.exists():
-        state = pretrain(seed, quiet)
-        atomic_torch_save(path, state, "synthetic backbone")
+        state_file = path.with_suffix(".pretrain-state.pt")
+        atomic_torch_save(path, pretrain(seed, STEPS, quiet, state_file, log), "synthetic backbone")
+        state_file.unlink(missing_ok=True)
     return path

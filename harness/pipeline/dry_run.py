@@ -26,7 +26,7 @@ from harness.pipeline.preflight import select_device, videos_by_role
 from harness.pipeline.results import code_version, read_results
 from harness.pipeline.run import stored_videos
 from harness.suite import Suite
-from harness.data.synthetic_backbone import SYNTHETIC_ARCH, VERSION
+from harness.data.synthetic_backbone import SYNTHETIC_ARCH, checkpoint_path
 
 
 def backbone_file(suite: Suite) -> Path | None:
@@ -34,7 +34,7 @@ def backbone_file(suite: Suite) -> Path | None:
     if suite.backbone.checkpoint:
         path = Path(suite.backbone.checkpoint).expanduser()
     elif suite.backbone.arch == SYNTHETIC_ARCH:
-        path = Path(suite.cache_dir).expanduser() / "backbones" / f"synthetic-small-v{VERSION}-seed{suite.seed}.pt"
+        path = checkpoint_path(Path(suite.cache_dir).expanduser(), suite.seed)
     else:
         return None
     return path if path.is_file() else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.storage.files import atomic_write
-from harness.pipeline.interrupt import Interrupted, Stopped, signal_number
+from harness.interrupt import Interrupted, Stopped, signal_number
 from harness.pipeline.results import read_results, table, write_results
 from harness.pipeline.rundir import RunLock
 from harness.suite import Suite

@@ -5,7 +5,7 @@ holds results continues it: methods whose fingerprint (harness/pipeline/fingerpr
 kept as they are, the others run; a stored run produced differently (code, weights, annotations, protocol,
 a method's params) is refused, naming what differs, so rows of two different runs are never mixed and
 finished rows are never overwritten. results.json is written atomically after every method; Ctrl-C and
-SIGTERM stop the run with what is finished kept (harness/pipeline/interrupt.py).
+SIGTERM stop the run with what is finished kept (harness/interrupt.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from harness.retrieval.tiles import Scoring
 from harness.retrieval.feature_cache import FeatureCache, method_code
 from harness.storage.files import atomic_torch_save, atomic_write
 from harness.pipeline.fingerprint import method_differences, method_fingerprint, run_differences, run_fingerprint
-from harness.pipeline.interrupt import Interrupted, Stopped, signal_number
+from harness.interrupt import Interrupted, Stopped, signal_number
 from harness.api.method import Method
 from harness.retrieval.metrics import RECALL_AT, summarize
 from harness.pipeline.preflight import Prepared, preflight
@@ -378,13 +378,14 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
     with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         stored = stored_results(run_dir)
         refuse_a_differing_run(stored, suite, run_dir, force)
-        with distributed.main_first():  # rank 0 decodes into the frame cache; the others find it there
-            ctx = prepare(suite, run_dir, quiet, force, log)
-        results, fingerprints, kept = open_results(suite, ctx.prepared, ctx.store.size, ctx.train_policy, stored,
-                                                   run_dir, force, log)
-        results["invocation"] = invocation or {}
-        finished = list(kept)
+        finished: list[str] = []
         try:
+            with distributed.main_first():  # rank 0 decodes into the frame cache; the others find it there
+                ctx = prepare(suite, run_dir, quiet, force, log)
+            results, fingerprints, kept = open_results(suite, ctx.prepared, ctx.store.size, ctx.train_policy, stored,
+                                                       run_dir, force, log)
+            results["invocation"] = invocation or {}
+            finished = list(kept)
             for spec in suite.methods:
                 if spec.name in kept:
                     log(f"{spec.name}: kept (finished earlier in {run_dir}, same fingerprint)")
@@ -399,9 +400,11 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                 finished.append(spec.name)
         except (KeyboardInterrupt, Stopped) as stop:
             unfinished = [m.name for m in suite.methods if m.name not in finished]
+            # before the first results (pre-training a backbone, decoding) there is no run to resume: the same command
+            resumable = (run_dir / "results.json").is_file()
             raise Interrupted(f"interrupted: kept {len(finished)} finished method(s) ({', '.join(finished) or 'none'}) "
                               f"in {run_dir}; not finished: {', '.join(unfinished)}", signal_number(stop),
-                              run_dir) from None
+                              run_dir if resumable else None) from None
     results["run_dir"] = str(run_dir)
     log(table(results["rows"]))
     log(f"results: {run_dir / 'results.json'} ({results.get('wall_seconds', 0.0)} s)")

@@ -1,0 +1,46 @@
+"""The synthetic suite's small CLIP: its pre-training, stopped midway, continues from its saved state and ends
+with the weights of an uninterrupted pre-training; the stop says where the state is and how to continue."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import harness.data.synthetic_backbone as synthetic_backbone
+
+STEPS = 12
+
+
+def test_a_stopped_pre_training_continues_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_backbone, "SAVE_EVERY", 5)
+    uninterrupted = synthetic_backbone.pretrain(7, STEPS, quiet=True)
+    real_batch, calls, lines = synthetic_backbone._batch, [], []
+
+    def stopped_at_the_ninth_step(rng):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt  # Ctrl-C during step 9: steps 1-5 are saved, 6-8 are lost
+        return real_batch(rng)
+
+    monkeypatch.setattr(synthetic_backbone, "_batch", stopped_at_the_ninth_step)
+    state = tmp_path / "backbone.pretrain-state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_backbone.pretrain(7, STEPS, quiet=True, state_file=state, log=lines.append)
+    assert torch.load(state, weights_only=True)["step"] == 5
+    assert lines == [f"the synthetic backbone's pre-training was stopped; its state after step 5 of {STEPS} is kept "
+                     f"in {state}, and the same command continues from it"]
+    monkeypatch.setattr(synthetic_backbone, "_batch", real_batch)
+    resumed = synthetic_backbone.pretrain(7, STEPS, quiet=True, state_file=state, log=lines.append)
+    assert lines[-1] == f"continuing the synthetic backbone's pre-training after step 5 of {STEPS} ({state})"
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)  # exactly
+
+
+def test_the_cached_backbone_is_written_once_and_its_state_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic_backbone, "STEPS", 2)
+    path = synthetic_backbone.synthetic_checkpoint(tmp_path, 3, quiet=True, log=lambda *_: None)
+    assert path == synthetic_backbone.checkpoint_path(tmp_path, 3) and path.is_file()
+    assert not path.with_suffix(".pretrain-state.pt").exists()
+    written = path.stat().st_mtime_ns
+    assert synthetic_backbone.synthetic_checkpoint(tmp_path, 3, quiet=True) == path
+    assert path.stat().st_mtime_ns == written  # found, not pre-trained again
