@@ -45,9 +45,9 @@ TOLERANCE = 1e-5
 # file's own score and its pooled features recombined differ by 9.5e-6.
 SCORE_TOLERANCE = 1e-5
 
-# COST.md / the CenterCLIP spec, hand counts in MACs at ViT-B/32, 224 px, 12 frames, 32 words.
+# docs/cost.md and docs/methods.md, hand counts in MACs at ViT-B/32, 224 px, 12 frames, 32 words.
 PLAIN_CLIP_12_FRAMES = 12 * 4.4088e9  # 52.91 G
-SPEC_B6_4_49 = 35.80e9  # the spec's table: B_6 - 4, 49
+SPEC_B6_4_49 = 35.80e9  # docs/methods.md's table: B_6 - 4, 49
 TEXT_TOWER_32 = 1.2208e9
 
 

@@ -1,7 +1,7 @@
 """CLIP-ViP: official golden encoder states, video and text features, the "simple" and DSL scores, the
 interpolated-temporal-embedding variant and the summed NCE loss through the checkpoint import, for both ways of
 computing the proxy-guided attention; padding, the mask, the interpolation; the method contract; MACs at
-ViT-B/32 against the spec's hand counts.
+ViT-B/32 against the hand counts of docs/methods.md.
 
 Every shape comes from the golden files: texts, words, videos and frames from `clipvip_golden.pt`'s inputs, the
 proxy count and temporal size from the state dict, the logit-scale initialisation and the interpolation frame
@@ -36,7 +36,7 @@ WORDS = GOLDEN["text_ids"].shape[1]
 PROXIES = OFFICIAL["clipmodel.vision_model.embeddings.added_cls"].shape[0]
 TEMPORAL = OFFICIAL["clipmodel.vision_model.embeddings.temporal_embedding"].shape[1]
 ATTENTION = ("blocks", "mask")
-# The spec's counts at ViT-B/32 (d = 768, 12 layers, 49 patches, D = 512, 12 frames), in MACs.
+# The hand counts (docs/methods.md) at ViT-B/32 (d = 768, 12 layers, 49 patches, D = 512, 12 frames), in MACs.
 VIT_WIDTH, VIT_LAYERS, PATCHES, EMBED, TEST_FRAMES = 768, 12, 49, 512, 12
 TEXT_TOWER_L32 = 1.2208e9
 SPEC_PER_VIDEO = 52.3e9
@@ -144,7 +144,7 @@ def test_the_mask_lets_patches_see_their_frame_and_the_proxies_and_the_proxies_e
     allowed = mask == 0
     assert mask.shape == (tokens, tokens) and set(mask.unique().tolist()) == {0.0, float("-inf")}
     assert allowed[:proxies].all() and allowed[:, :proxies].all()
-    assert int(allowed.sum()) == proxies * tokens + frames * patches * (proxies + patches)  # the spec's count
+    assert int(allowed.sum()) == proxies * tokens + frames * patches * (proxies + patches)  # the hand count (docs/methods.md)
     first = slice(proxies, proxies + patches)
     assert allowed[first, first].all() and not allowed[first, proxies + patches:].any()
 
@@ -185,7 +185,7 @@ def test_import_rejects_unknown_missing_and_misshapen_keys():
 
 
 def hand_count_per_video(frames: int, proxies: int, attention: str) -> float:
-    """The spec's count: 12 layers of N 12 d^2 (N = M + T 49) plus the attention products, the patch embedding
+    """The hand count (docs/methods.md): 12 layers of N 12 d^2 (N = M + T 49) plus the attention products, the patch embedding
     and the projection. Proxy-guided ("blocks"): 2 d (T 49 (M + 49) + M N); masked: every pair, 2 d N^2."""
     d, tokens = VIT_WIDTH, proxies + frames * PATCHES
     products = (frames * PATCHES * (proxies + PATCHES) + proxies * tokens) if attention == "blocks" else tokens**2

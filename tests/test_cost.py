@@ -1,4 +1,4 @@
-"""Cost accounting: both counters against COST.md's hand counts on ViT-B/32, the attention traps, the
+"""Cost accounting: both counters against docs/cost.md's hand counts on ViT-B/32, the attention traps, the
 per-pair split of a score, and the refusal to count around an operator a counter cannot see."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from harness.cost.model import method_cost, score_cost
 from harness.errors import HarnessError
 
 REPO = Path(__file__).parent.parent
-# COST.md section 3, hand counts in MACs (ViT-B/32 at 224 px).
+# docs/cost.md section 3, hand counts in MACs (ViT-B/32 at 224 px).
 IMAGE_TOWER = 4.4088e9
 TEXT_TOWER = {32: 1.2208e9, 64: 2.4665e9}
 XPOOL_PAIR = 2 * 12 * 512 + 2 * 512 * 512  # q.K and a.V over 12 frames, then W_o and W_l: 536,576

@@ -284,8 +284,8 @@ def test_dicosa_conforms_on_the_synthetic_suite_backbone():
     assert_conforms(DiCoSA, backbone=backbone, params={"layers": len(backbone.text_blocks)}, frames=12, words=32)
 
 
-# Hand counts at ViT-B/32 (D 512, 12 frames, 32 words, K 8, d 64), in MACs. The towers as COST.md section 3
-# counts them (tests/test_cost.py); the rest as the method spec counts it.
+# Hand counts at ViT-B/32 (D 512, 12 frames, 32 words, K 8, d 64), in MACs. The towers as docs/cost.md section 3
+# counts them (tests/test_cost.py); the rest as docs/methods.md counts it.
 D, T, K = 512, 12, 8
 IMAGE_TOWER, TEXT_TOWER = 4.4088e9, 1.2208e9
 SEQTRANSF = 4 * (T * 12 * D**2 + 2 * T**2 * D)  # 4 blocks: 12 D^2 per frame, QK and AV over T frames

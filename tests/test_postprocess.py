@@ -263,7 +263,7 @@ def test_dsl_normaliser_from_the_other_direction_equals_the_direct_one(shape, di
 
 @pytest.mark.parametrize("shape", CAPTIONS_PER_VIDEO)
 def test_row_softmax_of_t2v_blocks_is_the_v2t_dsl_transposed(shape):
-    """PROTOCOL's v2t DSL (softmax over the videos) read off t2v blocks, for column-wise v2t counting."""
+    """docs/protocol.md's v2t DSL (softmax over the videos) read off t2v blocks, for column-wise v2t counting."""
     split = make_split(shape)
     temperature = DSL_SCALES["cosines"][1]
     reference = dsl_reference(split.scores("v2t"), temperature).t()

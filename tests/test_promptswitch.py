@@ -1,6 +1,6 @@
 """Prompt Switch: official golden encoder states, features, score, training-mode caption logits, class weights,
 loss terms and prompt gradient through the checkpoint import; frame order, padding and grouping; the
-captioner's padding; the method contract; MACs at ViT-B/32 against the spec's hand counts.
+captioner's padding; the method contract; MACs at ViT-B/32 against the hand counts of docs/methods.md.
 
 Every shape comes from the golden files: texts, words, videos and frames from `promptswitch_golden.pt`'s inputs,
 P from the prompt cube, F, the captioner's depth and loss weights from its `config`. The golden `video` is in
@@ -35,7 +35,7 @@ TOLERANCE = 1e-5  # max abs difference to the official outputs (measured <= 1.9e
 WORDS = GOLDEN["text_ids"].shape[1]
 PROMPTS = OFFICIAL["clip.vision_model.encoder.prompt_embedding"].shape[0]
 GROUP = CONFIG["num_frames"]
-# The spec's counts at ViT-B/32 (d = 768, 12 layers, 49 patches, D = 512, 12 frames, P = F = 6), in MACs.
+# The hand counts (docs/methods.md) at ViT-B/32 (d = 768, 12 layers, 49 patches, D = 512, 12 frames, P = F = 6), in MACs.
 VIT_WIDTH, VIT_LAYERS, PATCHES, EMBED, TEST_FRAMES = 768, 12, 49, 512, 12
 TEXT_TOWER_L32 = 1.2208e9
 SPEC_PER_VIDEO = 59.3e9
@@ -164,7 +164,7 @@ def test_caption_loss_skips_the_eot_and_the_pads():
 
 
 def test_official_frame_order_is_chunk_major():
-    assert official_frame_order(12, 6).tolist() == [0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11]  # the spec's example
+    assert official_frame_order(12, 6).tolist() == [0, 2, 4, 6, 8, 10, 1, 3, 5, 7, 9, 11]  # docs/methods.md's example
     order = official_frame_order(12, 3)  # chunk c, segment s at c P + s: time index s C + c, C = 4
     assert all(order[c * 3 + s] == s * 4 + c for c in range(4) for s in range(3))
 
@@ -245,7 +245,7 @@ def test_import_rejects_unknown_missing_and_wrapped_keys(official):
 
 
 def hand_count_per_video(frames: int, prompts: int, group: int) -> float:
-    """The spec's count: 12 layers of N 12 d^2 + 2 N^2 d per frame (N = 50 + P), the patch embedding, the
+    """The hand count (docs/methods.md): 12 layers of N 12 d^2 + 2 N^2 d per frame (N = 50 + P), the patch embedding, the
     aggregation per group (F d^2 q, 2 F P d^2 k/v, 2 F^2 P d attention, F d^2 out) and the projection."""
     d, tokens = VIT_WIDTH, 1 + PATCHES + prompts
     per_frame = VIT_LAYERS * (tokens * 12 * d * d + 2 * tokens * tokens * d) + PATCHES * d * 3 * 32 * 32

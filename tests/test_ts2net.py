@@ -379,7 +379,7 @@ def test_padded_frames_are_declared_read_only_where_a_variant_reads_them():
 
 # -- cost ----------------------------------------------------------------------------------------------------
 
-# Hand counts at ViT-B/32 shapes in MACs (the method spec's cost section; COST.md's image and text towers).
+# Hand counts at ViT-B/32 shapes in MACs (docs/methods.md; docs/cost.md's image and text towers).
 FRAMES, CAPTION_WORDS, IMAGE, DIM, WIDTH, TOKENS, K = 12, 32, 224, 512, 768, 50, 3
 IMAGE_TOWER = 4.4088e9  # one frame, the CLS through ln_post and proj
 TEXT_TOWER = 1.2208e9  # 32 words

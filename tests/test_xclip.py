@@ -51,9 +51,9 @@ SCORE_TOLERANCE = 5e-6
 FEATURES = ("sequence_output", "seq_features", "visual_output", "video_frames_seqtransf", "video_feature",
             "frame_features", "sentence_feature", "word_features")
 INTERMEDIATES = ("fine_sim", "fine_word_level", "fine_frame_level", "fine_sent2frame", "fine_video2word")
-# Hand counts in MACs at ViT-B/32 shapes (D 512, L 32 words, T 12 frames): COST.md section 3 for the towers
+# Hand counts in MACs at ViT-B/32 shapes (D 512, L 32 words, T 12 frames): docs/cost.md section 3 for the towers
 # (its text tower projects the EOT state only: X-CLIP projects all L, (L - 1) D^2 more) and seqTransf; the
-# method spec's per-query projections t^ W_g and w^ W_l, D^2 + L D^2, and per-pair
+# docs/methods.md's per-query projections t^ W_g and w^ W_l, D^2 + L D^2, and per-pair
 # P = D (1 + L + T + L T) + 2 L^2 + 2 T^2 + T L^2 + L T^2.
 IMAGE_TOWER, TEXT_TOWER_32, SEQ_TRANSF_12 = 4.4088e9, 1.2208e9, 0.1516e9
 D, L, T = 512, 32, 12

@@ -1,6 +1,6 @@
 """The shared CLIP backbone (open_clip): load a local checkpoint, encode frames and tokens.
 
-Outputs every head may use (METHODS.md): t (B, D) the text EOT feature, W (B, L, D) every token
+Outputs every head may use (docs/methods.md): t (B, D) the text EOT feature, W (B, L, D) every token
 through ln_final and text_projection, F (B, T, D) the per-frame CLS feature after ln_post and proj.
 """
 

@@ -1,4 +1,4 @@
-"""Multiply-adds (MACs) of one call, counted twice and cross-checked (COST.md sections 1-2).
+"""Multiply-adds (MACs) of one call, counted twice and cross-checked (docs/cost.md sections 1-2).
 
 - fvcore traces the call (torch.jit.trace) and counts one per multiply-add (MACs); it also counts norms.
 - torch's FlopCounterMode counts 2 per multiply-add (true FLOPs); stored here halved, as MACs.

@@ -1,4 +1,4 @@
-"""The cost model (COST.md section 4): MACs of each stage of a method, from its interface alone.
+"""The cost model (docs/cost.md section 4): MACs of each stage of a method, from its interface alone.
 
 - offline, per video: encode_video on one video;
 - online, per query: encode_text on one caption;
@@ -60,7 +60,7 @@ class MethodCost:
         return encode + pairs(self.coarse, gallery) + pairs(self.score, min(self.candidates, gallery))
 
     def similarity_matrix(self, size: int = MATRIX_1KA) -> float:
-        """The score stage of a size x size retrieval (GLSCL's Table I "head FLOPs", COST.md section 4)."""
+        """The score stage of a size x size retrieval (GLSCL's Table I "head FLOPs", docs/cost.md section 4)."""
         if self.coarse is None:
             return self.score.matrix(size, size)
         k = min(self.candidates, size)

@@ -1,4 +1,4 @@
-"""Wall-clock time of each stage (COST.md section 5): warm-up first, the device synchronised before the
+"""Wall-clock time of each stage (docs/cost.md section 5): warm-up first, the device synchronised before the
 clock is read, repeated; median and inter-quartile range per item (per video, per query, per pair)."""
 
 from __future__ import annotations

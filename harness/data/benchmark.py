@@ -159,7 +159,7 @@ class Benchmark:
     name: ClassVar[str]
     splits: ClassVar[tuple[str, ...]]
     layout: ClassVar[str]  # the expected files, for error messages
-    # Protocol values a suite takes unless it sets them itself (PROTOCOL section 2), e.g. 64 frames.
+    # Protocol values a suite takes unless it sets them itself (docs/protocol.md section 2), e.g. 64 frames.
     protocol_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: str | None, videos: str | None, cache_dir: Path, seed: int = 42, quiet: bool = False):

@@ -1,4 +1,4 @@
-"""Video decoding (decord), the frame-sampling policies of PROTOCOL section 2, and CLIP pixels."""
+"""Video decoding (decord), the frame-sampling policies of docs/protocol.md section 2, and CLIP pixels."""
 
 from __future__ import annotations
 

@@ -75,12 +75,18 @@ def environment(device: torch.device) -> dict:
 
 
 def write_ranks(run_dir: Path, method: str, split: str, direction: str, ranks: np.ndarray, tied: np.ndarray,
-                query_text: list[str], query_video: list[str]) -> str:
+                query_text: list[str], query_video: list[str], top: list[list[str]] | None = None,
+                top_scores: np.ndarray | None = None) -> str:
     """One line a query: its rank, whether its ground truth tied, the caption (or video id for v2t) and
-    the ground-truth video (what a bootstrap resamples on multi-caption benchmarks)."""
+    the ground-truth video (what a bootstrap resamples on multi-caption benchmarks); where given, the ids of
+    the highest-scored gallery items, best first, and their scores (space-separated)."""
     name = f"{method}__{split}__{direction}.csv"
-    frame = pd.DataFrame({"query": np.arange(len(ranks)), "rank": ranks, "tied": tied, "query_text": query_text,
-                          "video": query_video})
+    columns = {"query": np.arange(len(ranks)), "rank": ranks, "tied": tied, "query_text": query_text,
+               "video": query_video}
+    if top is not None:
+        columns["top"] = [" ".join(ids) for ids in top]
+        columns["top_scores"] = [" ".join(f"{value:.6g}" for value in row) for row in top_scores]
+    frame = pd.DataFrame(columns)
     atomic_write(run_dir / "ranks" / name, frame.to_csv(index=False), "per-query ranks")
     return f"ranks/{name}"
 

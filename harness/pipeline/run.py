@@ -60,8 +60,9 @@ def stage_rows(run_dir: Path, suite: Suite, name: str, split: Split, stage: Stag
         truth = [video_ids[i] for i in split.caption_video] if direction == "t2v" else video_ids
         label = (name if stage.stage == "single" else f"{name}@{stage.stage}") + (
             f"+{stage.post}" if stage.post != "none" else "")
+        top = None if ranking.top is None else [[video_ids[i] for i in row] for row in ranking.top]
         ranks_file = write_ranks(run_dir, label, split.name, direction, ranking.ranks, ranking.tied, queries,
-                                 truth)
+                                 truth, top, ranking.top_scores)
         row = {
             "method": name, "benchmark": suite.benchmark.name, "split": split.name, "direction": direction,
             "stage": stage.stage, "post": stage.post, **summarize(ranking, RECALL_AT),

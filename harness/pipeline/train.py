@@ -1,4 +1,4 @@
-"""The one shared training loop (PROTOCOL section 5).
+"""The one shared training loop (docs/protocol.md section 5).
 
 Parameter groups (new modules at lr, backbone at lr x coef_lr; no weight decay on biases and norms),
 decoupled weight decay (AdamW), linear warm-up then cosine, gradient clipping, the logit-scale clamp,

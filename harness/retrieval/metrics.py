@@ -1,4 +1,4 @@
-"""Ranks and retrieval metrics (PROTOCOL section 3).
+"""Ranks and retrieval metrics (docs/protocol.md section 3).
 
 Rank of a query: r = 1 + #{j : S[q, j] > S[q, gt(q)]} (optimistic, 1-based). Ties are counted and
 reported, never broken by sort order. R@K = 100 * mean(r <= K), MdR = median(r), MnR = mean(r).
@@ -16,10 +16,15 @@ RECALL_AT = (1, 5, 10)
 MULTI_CAPTION_V2T = "max-over-captions"
 
 
+TOP_K = 5  # gallery items kept per t2v query with its rank (what a report shows of what was retrieved)
+
+
 @dataclass
 class Ranking:
     ranks: np.ndarray  # (n_queries,) 1-based optimistic ranks
     tied: np.ndarray  # (n_queries,) bool: the ground truth ties another item
+    top: np.ndarray | None = None  # (n_queries, <= TOP_K) t2v: the highest-scored videos, best first
+    top_scores: np.ndarray | None = None  # (n_queries, <= TOP_K) their scores
 
     @property
     def ties(self) -> int:
@@ -91,7 +96,18 @@ def videos_against_captions(by_video: Tensor, videos: Tensor, caption_video: Ten
 
 def concat_rankings(parts: list[Ranking]) -> Ranking:
     """The rankings of consecutive query chunks, as one."""
-    return Ranking(np.concatenate([p.ranks for p in parts]), np.concatenate([p.tied for p in parts]))
+    tops = all(p.top is not None for p in parts) and parts
+    return Ranking(np.concatenate([p.ranks for p in parts]), np.concatenate([p.tied for p in parts]),
+                   np.concatenate([p.top for p in parts]) if tops else None,
+                   np.concatenate([p.top_scores for p in parts]) if tops else None)
+
+
+def with_top(ranking: Ranking, scores: Tensor) -> Ranking:
+    """`ranking` with each row's TOP_K highest-scored items of `scores` (queries, items), best first (ties in
+    torch.topk's order)."""
+    values, indices = scores.topk(min(TOP_K, scores.shape[1]), dim=1)
+    ranking.top, ranking.top_scores = indices.numpy(), values.double().numpy()
+    return ranking
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,7 @@ class Truth:
         """The ranks of the queries q0.. whose rows against the whole gallery `block` holds."""
         queries = torch.arange(q0, q0 + block.shape[0])
         if self.direction == "t2v":
-            return text_to_video(block, self.owners[queries])
+            return with_top(text_to_video(block, self.owners[queries]), block)
         return videos_against_captions(block, queries, self.owners, self.n_videos, self.v2t_convention)
 
     @property

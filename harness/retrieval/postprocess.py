@@ -1,4 +1,4 @@
-"""Post-processing of a direction's score matrix (PROTOCOL section 4), computed block by block.
+"""Post-processing of a direction's score matrix (docs/protocol.md section 4), computed block by block.
 
 S (n_queries, n_gallery) is one direction's matrix: t2v texts x videos, v2t videos x texts (every caption).
 The engine produces it as blocks of query rows against the whole gallery and never holds it whole; the
@@ -233,7 +233,7 @@ def row_softmax_dsl_block(block: Tensor, temperature: float) -> Tensor:
     """(rows, gallery) float64: S'[i, j] = S[i, j] exp(tau S[i, j]) / sum_j' exp(tau S[i, j']), the softmax
     over each row's own gallery. On a v2t block (videos x every caption): the official TS2-Net / CLIP-ViP v2t
     DSL rows (their t2v DSL matrix transposed: its softmax runs over the texts). On a t2v block: the
-    transposed entries of the v2t DSL of PROTOCOL (its softmax over the videos is one over each t2v row), for
+    transposed entries of the v2t DSL of docs/protocol.md (its softmax over the videos is one over each t2v row), for
     a pass that counts v2t ranks column by column from t2v blocks."""
     temperature = positive_number(temperature, "DSL temperature")
     scores = score_block(block, gallery_width(block, "DSL"), "DSL")

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from harness.api.method import Features, Method
 from harness.retrieval.features import bytes_per_item, count, move_features, slice_features, take
-from harness.retrieval.metrics import Ranking, Truth, count_true
+from harness.retrieval.metrics import Ranking, Truth, count_true, with_top
 from harness.retrieval.tiles import Scoring, autocast, refuse_nan
 
 
@@ -225,10 +225,15 @@ class TwoStageRanker:
         self.waiting = []
         return done
 
-    @staticmethod
-    def counted_ranks(waiting: WaitingBlock, fine: Tensor) -> Ranking:
+    def counted_ranks(self, waiting: WaitingBlock, fine: Tensor) -> Ranking:
         inside = waiting.is_truth.any(dim=1)
         fine_truth = fine.gather(1, waiting.is_truth.to(torch.uint8).argmax(dim=1, keepdim=True))
         above = torch.where(inside, count_true(fine > fine_truth, dim=1), waiting.above_outside)
         equal = torch.where(inside, count_true(fine == fine_truth, dim=1) - 1, waiting.equal_outside)
-        return Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
+        ranking = Ranking((above + 1).numpy().astype(np.int64), (equal > 0).numpy())
+        if self.truth.direction != "t2v":
+            return ranking
+        # the first of the reranked order are the candidates by their fine scores: above every other item
+        ranking = with_top(ranking, fine)
+        ranking.top = np.take_along_axis(waiting.candidates.numpy(), ranking.top, axis=1)
+        return ranking
