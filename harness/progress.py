@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -63,6 +64,16 @@ class LineProgress:
                 last, reported = now, self.done
         if reported != self.done:  # the closing line, unless the last step was just reported
             print(self.line(self.clock() - start), file=self.stream, flush=True)
+
+
+@contextmanager
+def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Adds the wall-clock seconds of the block to seconds[stage] (a run's profile per stage)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 2)
 
 
 def progress(iterable: Iterable, desc: str, quiet: bool = False, total: int | None = None, stream=None,

@@ -233,3 +233,32 @@ def test_evaluation_with_two_processes_gives_the_rows_and_ranks_of_one(tmp_path,
         assert (runs[1]["folder"] / row["ranks_file"]).read_bytes() == (runs[2]["folder"] / row["ranks_file"]).read_bytes()
     assert {r["split"] for r in runs[1]["rows"]} == {"test"} and len(runs[1]["rows"]) == 4
     assert not (runs[2]["folder"] / ".lock").exists()
+
+
+def test_a_run_with_its_output_redirected_writes_no_carriage_return(tmp_path, vatex, tiny_clip, monkeypatch,
+                                                                   capfd):
+    """Every long loop goes through the progress helper: lines, never a bar's carriage returns, where the output
+    is a file (a Slurm log): a run (decoding, training, encoding, ranking, cost), the synthetic benchmark's
+    generation and the small backbone's pre-training."""
+    import subprocess
+    import sys
+
+    from conftest import write_suite
+    import harness.data.synthetic as synthetic
+    import harness.data.synthetic_backbone as synthetic_backbone
+
+    suite = write_suite(tmp_path, vatex, tiny_clip, [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}])
+    log = tmp_path / "run.log"
+    with log.open("w") as stream:
+        done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(tmp_path / "run")],
+                              stdout=stream, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text and "decoding test videos:" in text and "clip4clip-meanp epoch 1/1:" in text
+    monkeypatch.setattr(synthetic, "TRAIN_VIDEOS", 3)
+    monkeypatch.setattr(synthetic, "TEST_VIDEOS", 2)
+    synthetic.generate(tmp_path / "generated", seed=1)
+    synthetic_backbone.pretrain(1, steps=2)
+    captured = capfd.readouterr()
+    assert "generating train videos: 3/3" in captured.err and "pre-training the synthetic backbone: 2/2" in captured.err
+    assert "\r" not in captured.err + captured.out

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from pebble import ProcessExpired, ProcessPool
 from torch import Tensor
-from tqdm import tqdm
 
 from harness.storage.cachedir import mark_cache
 from harness.data.benchmark import Video
 from harness.data.video import decode, pad_frames
 from harness.errors import DataError
+from harness.progress import progress
 from harness.storage.files import atomic_save
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class FrameStore:
             futures = {pool.schedule(_decode_to_cache, args=(video.path, self.frames, self.policy, self.size,
                                                              video.id, video.end_second, file),
                                      timeout=self.timeout): video for file, video in todo.items()}
-            for future, video in tqdm(futures.items(), desc=label, disable=self.quiet, leave=False):
+            for future, video in progress(futures.items(), label, self.quiet, total=len(futures)):
                 reason = self._outcome(future)
                 if reason is not None:
                     failed[video.id] = reason

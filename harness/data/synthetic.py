@@ -16,10 +16,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from harness.data.benchmark import Split, paragraph_split
 from harness.data.benchmarks.msrvtt import DATA_JSON, TEST_CSV, TRAIN_CSV, MSRVTT
+from harness.progress import progress
 from harness.data.synthetic_world import FPS, TEST_KINDS, TRAIN_KINDS, caption, random_clip, render, reordered
 
 GENERATOR_VERSION = 2  # bump when the world or the files change: a new cache folder is used
@@ -74,7 +74,7 @@ def generate(root: Path, seed: int, quiet: bool = False) -> None:
         ("train", train_ids, train, TRAIN_KINDS, TRAIN_CAPTIONS),
         ("test", test_ids, test, TEST_KINDS, TEST_CAPTIONS),
     ):
-        for vid, clip in tqdm(list(zip(ids, clips)), desc=f"generating {split} videos", disable=quiet, leave=False):
+        for vid, clip in progress(list(zip(ids, clips)), f"generating {split} videos", quiet):
             write_mp4(staging / "videos" / f"{vid}.mp4", render(clip))
             videos.append({"video_id": vid, "split": split, "id": int(vid[5:])})
             for sen_id in range(per_video):

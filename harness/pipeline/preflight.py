@@ -23,6 +23,7 @@ from harness.pipeline.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
 from harness.errors import DataError, HarnessError
 from harness.retrieval.post_rows import method_post_names
+from harness.progress import timed
 from harness.suite import Suite
 
 
@@ -41,6 +42,7 @@ class Prepared:
     train_split: Split | None = None
     validation: Split | None = None
     methods: dict[str, type] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage of the preparation: its profile
     # "test" / "training" -> {video id: key}: what the numbers depend on in the video files, read before decoding
     # (a submitter and its jobs see the same); the training and validation videos together
     videos: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -156,10 +158,13 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
     problems.check("output", lambda: writable(run_dir))
     cache_dir = Path(suite.cache_dir).expanduser()
     methods = {m.name: registry.methods()[m.name] for m in suite.methods}
-    benchmark = problems.check(f"benchmark ({suite.benchmark.name})", lambda: registry.benchmarks()[suite.benchmark.name](
-        suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet))
-    splits = load_splits(suite, benchmark, methods, problems) if benchmark is not None else {"test": []}
-    backbone = problems.check("backbone", lambda: load_backbone(suite, cache_dir, quiet))
+    seconds: dict[str, float] = {}
+    with timed(seconds, "benchmark"):  # a generated benchmark is generated here, on first use
+        benchmark = problems.check(f"benchmark ({suite.benchmark.name})", lambda: registry.benchmarks()[
+            suite.benchmark.name](suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet))
+        splits = load_splits(suite, benchmark, methods, problems) if benchmark is not None else {"test": []}
+    with timed(seconds, "backbone"):  # the synthetic backbone is pre-trained here, on first use
+        backbone = problems.check("backbone", lambda: load_backbone(suite, cache_dir, quiet))
     for index, spec in enumerate(suite.methods):
         if spec.checkpoint is None:
             continue
@@ -175,4 +180,4 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
         raise PreflightError(f"{suite.source}: {len(problems.found)} problem(s) found before any work started "
                              f"(nothing was trained or written):\n{listed}")
     return Prepared(device, benchmark, backbone, splits["test"], splits.get("train"), splits.get("validation"), methods,
-                    videos_by_role(splits["test"], splits.get("train"), splits.get("validation")))
+                    seconds, videos_by_role(splits["test"], splits.get("train"), splits.get("validation")))

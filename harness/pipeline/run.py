@@ -43,6 +43,7 @@ from harness.pipeline.results import (SCHEMA_VERSION, code_version, environment,
 from harness.pipeline.rundir import RunLock
 from harness.suite import MethodSpec, Suite
 from harness.pipeline.train import PairBatches, Validation, train
+from harness.progress import timed
 
 
 def decode_split(store: FrameStore, split: Split, allow_partial: bool) -> Split:
@@ -298,14 +299,18 @@ def run_method(ctx: RunContext, spec: MethodSpec, fingerprint: str) -> tuple[dic
     if skipped:
         entry["post_skipped"] = skipped
         ctx.log(f"  {spec.name}: no post-processed rows: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    seconds = entry["seconds"] = {}  # the method's profile per stage
     if spec.checkpoint is not None:
         load_checkpoint(method, spec.checkpoint, spec.checkpoint_format)
         entry.update(checkpoint=spec.checkpoint, checkpoint_format=spec.checkpoint_format)
     elif spec.trains(cls):
-        entry.update(train_stage(ctx, spec, method, fingerprint))
-    rows = evaluate_stage(ctx, spec, method)
+        with timed(seconds, "train"):
+            entry.update(train_stage(ctx, spec, method, fingerprint))
+    with timed(seconds, "evaluate"):
+        rows = evaluate_stage(ctx, spec, method)
     if distributed.is_main():  # cost is counted and timed by one process; the others wait for it
-        entry["cost"] = cost_stage(ctx, method)
+        with timed(seconds, "cost"):
+            entry["cost"] = cost_stage(ctx, method)
     distributed.wait_for_all()
     return entry, rows
 
@@ -319,9 +324,10 @@ def prepare(suite: Suite, run_dir: Path, quiet: bool, force: bool, log) -> RunCo
     cache_dir = Path(suite.cache_dir).expanduser()
     store = FrameStore(cache_dir, protocol.frames, protocol.sampling, size, quiet, timeout=timeout)
     try:
-        prepared.test_splits = [decode_split(store, s, partial) for s in prepared.test_splits]
-        prepared.train_split, prepared.validation = (decode_split(store, s, partial) if s is not None else None
-                                                     for s in (prepared.train_split, prepared.validation))
+        with timed(prepared.seconds, "decoding"):
+            prepared.test_splits = [decode_split(store, s, partial) for s in prepared.test_splits]
+            prepared.train_split, prepared.validation = (decode_split(store, s, partial) if s is not None else None
+                                                         for s in (prepared.train_split, prepared.validation))
     except HarnessError as error:
         raise HarnessError(f"{suite.source}: benchmark ({suite.benchmark.name}): {error}") from None
     train_policy = protocol.train_sampling or protocol.sampling
@@ -386,6 +392,7 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
             results, fingerprints, kept = open_results(suite, ctx.prepared, ctx.store.size, ctx.train_policy, stored,
                                                        run_dir, force, log)
             results["invocation"] = invocation or {}
+            results["seconds"] = dict(ctx.prepared.seconds)  # the preparation's profile: benchmark, backbone, decoding
             finished = list(kept)
             for spec in suite.methods:
                 if spec.name in kept:
@@ -408,5 +415,16 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                               run_dir if resumable else None) from None
     results["run_dir"] = str(run_dir)
     log(table(results["rows"]))
+    log(profile(results))
     log(f"results: {run_dir / 'results.json'} ({results.get('wall_seconds', 0.0)} s)")
     return results
+
+
+def profile(results: dict) -> str:
+    """Where the run's time went: the preparation's stages and each method's (what this run computed)."""
+    def stages(seconds: dict) -> str:
+        return ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items())
+
+    methods = [f"{name} ({stages(entry['seconds'])})" for name, entry in results["methods"].items()
+               if entry.get("seconds")]
+    return f"time: {stages(results.get('seconds', {})) or 'nothing prepared'}; " + ("; ".join(methods) or "no method run")

@@ -18,6 +18,7 @@ from harness.api.method import Features, Method
 from harness.data.benchmark import Split
 from harness.data.frames import FrameStore
 from harness.errors import HarnessError
+from harness.progress import progress
 from harness.retrieval import index as faiss_index
 from harness.retrieval.encoding import encode_split
 from harness.retrieval.feature_cache import FeatureCache
@@ -129,7 +130,7 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
 
 def rank_features(method: Method, text: Features, video: Features, owners: Tensor, scoring: Scoring,
                   directions: tuple[str, ...] = ("t2v", "v2t"), v2t_convention: str = MULTI_CAPTION_V2T,
-                  index: IndexSpec | None = None) -> list[StageRanks]:
+                  index: IndexSpec | None = None, quiet: bool = True) -> list[StageRanks]:
     """Ranks of every query in each direction, `scoring.chunk` queries at a time, never holding the full
     matrix: one stage for one-stage methods; the coarse stage and the two-stage result for two-stage methods.
     `owners`: the video of each caption."""
@@ -146,7 +147,10 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
         truth = Truth(owners, n_videos, direction, v2t_convention)
         coarse, fine, computed[direction] = [], [], 0
         ranker = None if k is None else TwoStageRanker(method, queries, gallery, k, truth, scoring)
-        for q0, block in stage_blocks(method, text, video, direction, scoring, index, recall):
+        n_blocks = -(-count(queries) // scoring.chunk)  # this process ranks every world_size-th of them
+        for q0, block in progress(stage_blocks(method, text, video, direction, scoring, index, recall),
+                                  f"ranking {direction} queries in blocks of {scoring.chunk}",
+                                  quiet or not distributed.is_main(), total=-(-n_blocks // distributed.world_size())):
             refuse_nan(block, method, f"{direction} scores of queries {q0}..{q0 + len(block) - 1}")
             coarse_ranking = truth.rank(block, q0)
             coarse.append((q0, coarse_ranking))
@@ -174,7 +178,7 @@ def evaluate_split(method: Method, split: Split, store: FrameStore, evaluation: 
                                evaluation.quiet, evaluation.cache)
     owners = torch.as_tensor(split.caption_video, dtype=torch.long)
     stages = rank_features(method, text, video, owners, evaluation.scoring, evaluation.directions,
-                           evaluation.v2t_convention, evaluation.index)
+                           evaluation.v2t_convention, evaluation.index, evaluation.quiet)
     for post in evaluation.post:
         stages.append(post_processed_ranks(method, text, video, owners, store, post, evaluation))
     return stages
