@@ -132,6 +132,9 @@ class Suite:
     # generated data, decoded frames, encoded features, pre-trained backbones (harness cache info)
     cache_dir: str = "${HARNESS_CACHE:-~/.cache/tvr-harness}"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    # Methods trained and evaluated at once on the CPU, each in a worker process with one torch thread (their
+    # numbers then hold for any core count); 1: one after the other, in the run's own process (its threads).
+    jobs: int = 1
     source: str = "<memory>"  # the file it was read from (not a YAML key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +186,7 @@ RANGES: dict[tuple[type, str], Range] = {
     (EvaluationSpec, "batch_size"): Range(1),
     (EvaluationSpec, "score_chunk"): Range(1),
     (Suite, "seed"): Range(0),
+    (Suite, "jobs"): Range(1, why="worker processes"),
 }
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -314,3 +315,33 @@ def test_a_plugin_whose_code_changed_is_refused_on_resume_and_rerun_with_force(t
     assert rerun["methods"]["edited-plugin"]["code"]["digest"] != code["digest"]
     assert rerun["resumes"][-1]["forced"] and rerun["resumes"][-1]["kept"] == []
     assert all(row["ties"] == row["queries"] for row in rerun["rows"])  # the edited scores: all 0, all tied
+
+
+def test_methods_in_worker_processes_give_the_rows_of_one_after_the_other_with_one_thread(tmp_path, vatex,
+                                                                                        tiny_clip):
+    """`jobs: 2`: the methods run in two worker processes of one torch thread each; their rows, histories and
+    checkpoints equal those of the same methods run one after the other in a process of one thread."""
+    methods = [{"name": "zeroshot"}, {"name": "clip4clip-meanp"}, {"name": "xpool"}]
+    parallel = write_suite(tmp_path, vatex, tiny_clip, methods, epochs=2)
+    data = yaml.safe_load(parallel.read_text())
+    data["jobs"] = 2
+    parallel.write_text(yaml.safe_dump(data))
+    serial = write_suite(tmp_path, vatex, tiny_clip, methods, epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs, printed = {}, {}
+    for name, suite in (("parallel", parallel), ("serial", serial)):
+        runs[name] = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(runs[name]),
+                               "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr
+        printed[name] = done.stdout
+    assert "3 method(s) in 2 worker processes (one torch thread each)" in printed["parallel"]
+    ours, theirs = results(runs["parallel"]), results(runs["serial"])
+    assert ours["environment"]["jobs"] == 2 and ours["environment"]["torch_threads"] == 1
+    assert [r["method"] for r in ours["rows"]] == [r["method"] for r in theirs["rows"]]  # the suite's order
+    assert ours["rows"] == theirs["rows"]
+    for name in ("clip4clip-meanp", "xpool"):
+        assert ours["methods"][name]["training"]["history"] == theirs["methods"][name]["training"]["history"]
+        a = torch.load(runs["parallel"] / "checkpoints" / f"{name}.pt", weights_only=True)
+        b = torch.load(runs["serial"] / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in b)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from harness.pipeline.results import (SCHEMA_VERSION, code_version, environment,
                              table, write_ranks, write_results)
 from harness.pipeline.rundir import RunLock
 from harness.suite import MethodSpec, Suite
+from harness.pipeline.jobs import in_workers
 from harness.pipeline.train import PairBatches, Validation, train
 from harness.progress import timed
 
@@ -374,6 +375,36 @@ def prepare_results(suite: Suite, run_dir: Path, quiet: bool, force: bool, log, 
     return results, kept
 
 
+def run_methods(ctx: RunContext, specs: list[MethodSpec], fingerprints: dict[str, str]
+                ) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(name, entry, rows) of each method run: one after the other here, or in the suite's `jobs` worker
+    processes on the CPU (harness/pipeline/jobs.py; not in a process group, where the ranks share each method)."""
+    jobs = parallel_jobs(ctx)
+    if jobs > 1 and len(specs) > 1:
+        yield from in_workers(ctx.suite, ctx.run_dir, ctx.force, specs, fingerprints, jobs, ctx.log)
+        return
+    for spec in specs:
+        ctx.log(f"{spec.name}:")
+        yield (spec.name, *run_method(ctx, spec, fingerprints[spec.name]))
+
+
+def parallel_jobs(ctx: RunContext) -> int:
+    """How many methods run at once: the suite's `jobs` on the CPU, outside a process group; else one."""
+    return ctx.suite.jobs if ctx.prepared.device.type == "cpu" and not distributed.active() else 1
+
+
+def in_suite_order(results: dict, suite: Suite) -> None:
+    """The methods and rows of `results` in the suite's method order (stored methods the suite no longer lists
+    after them), whatever order the methods finished in."""
+    order = {spec.name: i for i, spec in enumerate(suite.methods)}
+
+    def position(name: str) -> int:
+        return order.get(name, len(order))
+
+    results["methods"] = dict(sorted(results["methods"].items(), key=lambda item: position(item[0])))
+    results["rows"] = sorted(results["rows"], key=lambda row: position(row["method"]))
+
+
 def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log=print, force: bool = False,
               invocation: dict | None = None) -> dict:
     """Run every method of the suite into `output` (default: a new runs/<suite>/<time> folder); when `output`
@@ -393,19 +424,20 @@ def run_suite(suite: Suite, output: Path | None = None, quiet: bool = False, log
                                                        run_dir, force, log)
             results["invocation"] = invocation or {}
             results["seconds"] = dict(ctx.prepared.seconds)  # the preparation's profile: benchmark, backbone, decoding
+            if parallel_jobs(ctx) > 1:  # the methods' numbers are those of one torch thread, in worker processes
+                results["environment"].update(torch_threads=1, jobs=parallel_jobs(ctx))
             finished = list(kept)
-            for spec in suite.methods:
-                if spec.name in kept:
-                    log(f"{spec.name}: kept (finished earlier in {run_dir}, same fingerprint)")
-                    continue
-                log(f"{spec.name}:")
-                entry, rows = run_method(ctx, spec, fingerprints[spec.name])
-                results["methods"][spec.name] = entry
-                results["rows"] = [r for r in results["rows"] if r["method"] != spec.name] + rows
+            for name in kept:
+                log(f"{name}: kept (finished earlier in {run_dir}, same fingerprint)")
+            for name, entry, rows in run_methods(ctx, [spec for spec in suite.methods if spec.name not in kept],
+                                                 fingerprints):
+                results["methods"][name] = entry
+                results["rows"] = [r for r in results["rows"] if r["method"] != name] + rows
                 results["wall_seconds"] = round(time.perf_counter() - clock, 1)
+                in_suite_order(results, suite)
                 if distributed.is_main():
                     write_results(run_dir, results)  # after every method: finished work is never lost
-                finished.append(spec.name)
+                finished.append(name)
         except (KeyboardInterrupt, Stopped) as stop:
             unfinished = [m.name for m in suite.methods if m.name not in finished]
             # before the first results (pre-training a backbone, decoding) there is no run to resume: the same command

@@ -1,0 +1,56 @@
+"""Methods of one run in parallel worker processes (the suite's `jobs`, on the CPU): each method trained,
+evaluated and costed in a worker with one torch thread, the parent merging every finished method into
+results.json as it comes (in the suite's order). A worker prepares the run once (the data and the backbone are in
+the caches by then: the parent prepared them) and takes method after method. Workers ignore Ctrl-C and SIGTERM:
+the parent stops them; every method's training state is on disk after each epoch, so a resumed run continues."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from harness.suite import MethodSpec, Suite
+
+_context = None  # the worker's RunContext, prepared for its first method
+
+
+def _start_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the workers stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_one(suite: Suite, run_dir: Path, force: bool, name: str, fingerprint: str) -> tuple[str, dict, list[dict]]:
+    from harness.pipeline.run import prepare, run_method
+
+    global _context
+    if _context is None:
+        _context = prepare(suite, run_dir, True, force, print)
+    spec = next(spec for spec in suite.methods if spec.name == name)
+    entry, rows = run_method(_context, spec, fingerprint)
+    return name, entry, rows
+
+
+def in_workers(suite: Suite, run_dir: Path, force: bool, specs: list[MethodSpec], fingerprints: dict[str, str],
+               jobs: int, log: Callable = print) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(name, entry, rows) of each method as its worker finishes it. An error in a method stops the others."""
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(specs)), initializer=_start_worker)
+    try:
+        pending = [pool.apply_async(_run_one, (suite, run_dir, force, spec.name, fingerprints[spec.name]))
+                   for spec in specs]
+        log(f"{len(specs)} method(s) in {min(jobs, len(specs))} worker processes (one torch thread each)")
+        while pending:
+            done = next((result for result in pending if result.ready()), None)
+            if done is None:
+                pending[0].wait(0.2)
+                continue
+            pending.remove(done)
+            yield done.get()  # a worker's exception is raised here
+        pool.close()
+    finally:
+        pool.terminate()  # a stop or an error: the workers go too (their training states are on disk)
+        pool.join()
