@@ -10,24 +10,16 @@ DSL, the inverted softmax (CAMoE; TS2-Net, CLIP-ViP), over every test query i' o
     S'[i, j] = S[i, j] * exp(tau S[i, j]) / sum_i' exp(tau S[i', j])
 
 with tau = 1 where S is already logits (TS2-Net), 100 for CLIP-ViP's variant on cosines.
-First pass (`dsl_normaliser` over the direction's blocks; or `dsl_columns`, `add_rows` per block,
-`merge_column_logsumexp` across processes, `finish_dsl`): per gallery column the log-normaliser
+First pass (`dsl_columns`, `add_rows` per block of the direction, `merge_column_logsumexp` across processes,
+`finish_dsl`): per gallery column the log-normaliser
 L[j] = log sum_i exp(tau S[i, j]), kept as a running maximum m[j] = max_i tau S[i, j] and a sum
 z[j] = sum_i exp(tau S[i, j] - m[j]) (`ColumnLogSumExp`); two partial states merge exactly, in float64:
 
     m = max(m_a, m_b),   z = z_a exp(m_a - m) + z_b exp(m_b - m),   L = m + log z.
 
-Second pass (`dsl_block`): S'[i, j] = S[i, j] exp(tau S[i, j] - L[j]). Column j's normaliser over the
-queries is row j's log-sum-exp in the other direction's matrix, so `dsl_normaliser_from_transposed_blocks`
-gets it from the other direction's blocks instead (one pass fewer where those are computed anyway).
-The official v2t DSL is another formula: TS2-Net and CLIP-ViP rank the transpose of their t2v DSL matrix,
-so their v2t softmax runs over the texts, i.e. over the gallery of the v2t row
-(`row_softmax_dsl_block`, no first pass):
-
-    S'[v, t] = S[v, t] * exp(tau S[v, t]) / sum_t' exp(tau S[v, t']).
-
-Its denominator is constant along the row: it ranks each row by S exp(tau S), the raw order wherever
-tau S > -1.
+Second pass (`dsl_block`): S'[i, j] = S[i, j] exp(tau S[i, j] - L[j]). (The official TS2-Net and CLIP-ViP v2t
+DSL rows are their t2v DSL matrix transposed, a softmax over the texts: along a v2t row that keeps the raw order
+wherever tau S > -1. The harness's v2t DSL is docs/protocol.md's, over the direction's queries, the videos.)
 
 QB-Norm, querybank normalisation (DiCoSA's test loop, GLSCL's starred rows). A bank B (bank queries x the
 same test gallery, scored by the same method: t2v the bank captions against the test videos, v2t the bank
@@ -38,8 +30,7 @@ videos against the test captions), k, beta, theta:
     S'[i, j] = exp(beta S[i, j]) / sum_b exp(beta B[b, j]) = exp(beta S[i, j] - D[j]),
     D[j] = log sum_b exp(beta B[b, j]); every other row keeps S'[i, :] = S[i, :].
 
-First pass (`query_bank` over the bank's blocks; or `empty_query_bank`, `add_bank_block` per block,
-`merge_query_banks` across processes): D as a `ColumnLogSumExp` at scale beta and the top-k counts; second
+First pass (`empty_query_bank`, `add_bank_block` per block of the bank, `merge_query_banks` across processes): D as a `ColumnLogSumExp` at scale beta and the top-k counts; second
 pass (`qbnorm_block`; `qbnorm_rows` tells which rows it normalises). Ties: a bank row's top-k and a test row's top-1 take, among tied
 items, those of lowest index (the official numpy argsort leaves the choice unspecified). The official code
 takes the test row's top-1 on float32 exp(beta S), whose argmax is the raw one except where float32 exp
@@ -64,7 +55,6 @@ get bitwise equal normalisers and their ties survive post-processing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from numbers import Real
 
@@ -158,13 +148,6 @@ def log_normaliser(state: ColumnLogSumExp) -> Tensor:
     return state.maximum + torch.log(state.total)
 
 
-def row_log_normalisers(block: Tensor, scale: float) -> Tensor:
-    """(rows,) float64: log sum_j exp(scale * S[i, j]) along each row of the block, row by row."""
-    scaled = block.to(torch.float64) * scale
-    maximum = scaled.amax(dim=1, keepdim=True)
-    return (maximum + torch.log(shifted_exp(scaled, maximum).sum(dim=1, keepdim=True)))[:, 0]
-
-
 @dataclass(frozen=True)
 class DslNormaliser:
     """DSL's first pass for one direction: tau and, per gallery column j, L[j] = log sum_i exp(tau S[i, j])
@@ -192,31 +175,6 @@ def finish_dsl(columns: ColumnLogSumExp) -> DslNormaliser:
     return DslNormaliser(columns.scale, log_normaliser(columns), columns.rows)
 
 
-def dsl_normaliser(blocks: Iterable[Tensor], temperature: float) -> DslNormaliser:
-    """The first pass over a direction's query blocks (each (queries, gallery), all of them, any order)."""
-    temperature = positive_number(temperature, "DSL temperature")
-    columns = None
-    for block in blocks:
-        columns = add_rows(columns or dsl_columns(gallery_width(block, "DSL"), temperature), block, "DSL")
-    if columns is None:
-        raise HarnessError("DSL: no query block given; the first pass needs every query block of the direction.")
-    return finish_dsl(columns)
-
-
-def dsl_normaliser_from_transposed_blocks(blocks: Iterable[Tensor], temperature: float) -> DslNormaliser:
-    """The same first pass from the other direction's blocks, all of them, in query order: their rows are this
-    direction's gallery items and their columns its queries, so L[j] is the log-sum-exp of their row j."""
-    temperature = positive_number(temperature, "DSL temperature")
-    parts, width = [], None
-    for block in blocks:
-        width = gallery_width(block, "DSL") if width is None else width
-        parts.append(row_log_normalisers(checked_block(block, width, "DSL"), temperature))
-    if not width:
-        raise HarnessError("DSL: no query scored in the other direction's blocks; the first pass needs all of "
-                           "them.")
-    return DslNormaliser(temperature, torch.cat(parts), width)
-
-
 def dsl_values(scores: Tensor, exponents: Tensor) -> Tensor:
     """S exp(exponent); a -inf score stays -inf (not -inf * 0)."""
     return torch.where(scores == -torch.inf, -torch.inf, scores * torch.exp(exponents))
@@ -226,18 +184,6 @@ def dsl_block(normaliser: DslNormaliser, block: Tensor) -> Tensor:
     """(rows, gallery) float64: S'[i, j] = S[i, j] exp(tau S[i, j] - L[j]) for the block's query rows."""
     scores = score_block(block, normaliser.gallery, "DSL")
     exponents = scores * normaliser.temperature - normaliser.log_normaliser
-    return dsl_values(scores, exponents)
-
-
-def row_softmax_dsl_block(block: Tensor, temperature: float) -> Tensor:
-    """(rows, gallery) float64: S'[i, j] = S[i, j] exp(tau S[i, j]) / sum_j' exp(tau S[i, j']), the softmax
-    over each row's own gallery. On a v2t block (videos x every caption): the official TS2-Net / CLIP-ViP v2t
-    DSL rows (their t2v DSL matrix transposed: its softmax runs over the texts). On a t2v block: the
-    transposed entries of the v2t DSL of docs/protocol.md (its softmax over the videos is one over each t2v row), for
-    a pass that counts v2t ranks column by column from t2v blocks."""
-    temperature = positive_number(temperature, "DSL temperature")
-    scores = score_block(block, gallery_width(block, "DSL"), "DSL")
-    exponents = scores * temperature - row_log_normalisers(scores, temperature).unsqueeze(1)
     return dsl_values(scores, exponents)
 
 
@@ -305,20 +251,6 @@ def merge_query_banks(a: QueryBank, b: QueryBank) -> QueryBank:
                            f"{b.k}/{b.beta}/{b.theta}.")
     return QueryBank(a.k, a.beta, a.theta, merge_column_logsumexp(a.denominator, b.denominator),
                      a.top_k_counts + b.top_k_counts)
-
-
-def query_bank(blocks: Iterable[Tensor], *, k: int, beta: float, theta: float) -> QueryBank:
-    """The first pass over every block of the bank (each (bank queries, test gallery), any order)."""
-    k, beta, theta = qbnorm_settings(k, beta, theta)
-    bank = None
-    for block in blocks:
-        bank = add_bank_block(bank or empty_query_bank(gallery_width(block, "QB-Norm bank"), k=k, beta=beta,
-                                                       theta=theta), block)
-    if bank is None or bank.bank_queries == 0:
-        raise HarnessError("QB-Norm: the query bank is empty (no bank query scored); it needs the bank queries "
-                           "scored against the test gallery (t2v: one caption per training video; v2t: the "
-                           "training videos).")
-    return bank
 
 
 def checked_bank(bank: QueryBank, block: Tensor) -> Tensor:
