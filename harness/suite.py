@@ -84,6 +84,9 @@ class TrainingSpec:
     # the checkpoint evaluated: the epoch of best validation R@1, or the last one
     selection: Literal["validation", "last-epoch"] = "validation"
     mixed_precision: bool = True  # used only on CUDA
+    # "tensorboard": an event file per method under the run directory (tensorboard/<method>/): every loss term
+    # per step and per epoch, the learning rates, validation R@1, the logit scale (pip install .[tensorboard])
+    log: Literal["none", "tensorboard"] = "none"
 
 
 @dataclass

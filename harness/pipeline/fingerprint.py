@@ -22,7 +22,7 @@ from harness.suite import MethodSpec
 
 # Suite keys that do not change any number: never a reason to refuse a resume.
 NEUTRAL_SUITE_KEYS = ("name", "methods", "cache_dir", "source", "benchmark.root", "benchmark.videos",
-                      "benchmark.decode_timeout", "backbone.checkpoint")
+                      "benchmark.decode_timeout", "backbone.checkpoint", "jobs", "training.log")
 # Suite keys that change only what a training produces.
 TRAINING_SUITE_KEYS = ("training", "benchmark.train_split", "benchmark.validation_split")
 

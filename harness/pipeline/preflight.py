@@ -24,6 +24,7 @@ from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
 from harness.errors import DataError, HarnessError
 from harness.retrieval.post_rows import method_post_names
 from harness.progress import timed
+from harness.pipeline.tensorboard import require_tensorboard
 from harness.suite import Suite
 
 
@@ -156,6 +157,8 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
     problems = Problems()
     device = problems.check("device", lambda: usable_device(suite.device))
     problems.check("output", lambda: writable(run_dir))
+    if suite.training.log == "tensorboard":
+        problems.check("training.log", require_tensorboard)
     cache_dir = Path(suite.cache_dir).expanduser()
     methods = {m.name: registry.methods()[m.name] for m in suite.methods}
     seconds: dict[str, float] = {}

@@ -242,7 +242,8 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
                           ctx.train_policy, protocol.frames, ctx.store.size)
     validation = (Validation(prepared.validation, ctx.store, ctx.evaluation())
                   if training.selection == "validation" and prepared.validation is not None else None)
-    record = train(method, batches, training, prepared.device, validation, ctx.quiet, ctx.log, state_file, fingerprint)
+    record = train(method, batches, training, prepared.device, validation, ctx.quiet, ctx.log, state_file, fingerprint,
+                   scalar_folder=run_dir / "tensorboard" / spec.name)
     output = {"training": asdict(record), "checkpoint": str(checkpoint.relative_to(run_dir))}
     if distributed.is_main():
         state = method.state_dict()

@@ -44,6 +44,7 @@ from harness.retrieval.tiles import autocast
 from harness.api.method import Method
 from harness.retrieval.metrics import summarize
 from harness.progress import progress
+from harness.pipeline.tensorboard import ScalarLog, learning_rates, open_scalar_log
 from harness.suite import TrainingSpec
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -207,11 +208,11 @@ def cpu_state(method: Method) -> dict:
 
 def train(method: Method, batches: PairBatches, spec: TrainingSpec, device: torch.device,
           validation: Validation | None = None, quiet: bool = False, log=print, state_file: Path | None = None,
-          fingerprint: str = "") -> TrainingRecord:
+          fingerprint: str = "", scalar_folder: Path | None = None) -> TrainingRecord:
     """Train in place; on return the method holds the selected checkpoint's weights. With `state_file`,
     continue from it when present and write it (with `fingerprint`, what produced it) after every epoch's
     training, before its validation, and again after it: a run stopped during a validation continues at that
-    validation, not at the start of the epoch."""
+    validation, not at the start of the epoch. `scalar_folder`: where `training.log: tensorboard` writes."""
     mixed = spec.mixed_precision and device.type == "cuda"
     optimizer = torch.optim.AdamW(parameter_groups(method, spec), betas=(0.9, 0.98), eps=1e-6)
     total = spec.epochs * len(batches)
@@ -236,6 +237,7 @@ def train(method: Method, batches: PairBatches, spec: TrainingSpec, device: torc
         first_epoch = saved["epoch"] + (pending is None)
         log(f"  {method.name}: continuing " + (f"at the validation of epoch {saved['epoch']}" if pending else
                                                f"after epoch {saved['epoch']}") + f" of {spec.epochs} ({state_file.name})")
+    loop.scalars = open_scalar_log(spec, scalar_folder, method.name, rank, loop.step)
 
     def save(epoch: int, pending_entry: dict | None) -> None:
         if state_file is None:
@@ -258,8 +260,10 @@ def train(method: Method, batches: PairBatches, spec: TrainingSpec, device: torc
                 loop.best_r1, loop.best_epoch = entry["validation_R1"], epoch
                 loop.best_state = cpu_state(method)
         record.history.append(entry)
+        loop.scalars.epoch(loop.step, entry)
         log(f"  {method.name} epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
         save(epoch, None)
+    loop.scalars.close()
     if loop.best_state is not None:
         method.load_state_dict(loop.best_state)
         record.best_epoch, record.best_validation_r1 = loop.best_epoch, loop.best_r1
@@ -289,6 +293,7 @@ class Loop:
         self.step_model = training_step(method, device)
         self.max_log_scale = math.log(spec.max_logit_scale)
         self.best_state, self.best_r1, self.best_epoch, self.step = None, -1.0, spec.epochs, 0
+        self.scalars = ScalarLog()  # train() opens the run's log once it knows the step it continues after
 
     def epoch(self, epoch: int) -> dict:
         """Train one epoch; its history entry (the mean of every loss term)."""
@@ -311,10 +316,12 @@ class Loop:
             if spec.grad_clip > 0:  # on the averaged gradient: the same on every rank as in one process
                 nn.utils.clip_grad_norm_(method.parameters(), spec.grad_clip)
             self.optimizer.step()
+            rates = learning_rates(self.optimizer, spec)  # the rates this step used
             self.schedule.step()
             self.step += 1
             with torch.no_grad():
                 method.backbone.logit_scale.clamp_(max=self.max_log_scale)
+            self.scalars.step(self.step, terms, rates, method.backbone.logit_scale)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             steps.set_postfix(loss=f"{loss.item():.4f}")

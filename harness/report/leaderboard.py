@@ -91,6 +91,7 @@ class Entry:
     cells: dict[str, Cell] = field(default_factory=dict)
     ranks: pd.DataFrame | None = None
     method: str = ""
+    run: Run | None = None  # the run the row comes from (its frame cache shows the retrieved videos)
 
 
 @dataclass
@@ -203,8 +204,7 @@ def own_entry(run: Run, row: dict, direction: str, duplicate: bool, resamples: i
     groups = ranks["video"].to_numpy() if multi_t2v else None
     intervals = bootstrap_intervals(ranks["rank"].to_numpy(), groups, resamples=resamples)
     kind = "approximate" if row.get("approximate") else "own" if post == "none" else "post"
-    return Entry(label, kind, values, intervals=intervals, ranks=ranks,
-                 method=row["method"])
+    return Entry(label, kind, values, intervals=intervals, ranks=ranks, method=row["method"], run=run)
 
 
 def published_entry(run: Run, row: dict, reported: pd.DataFrame, seen: set) -> Entry | None:
@@ -281,8 +281,57 @@ def paired_cell(test: PairedTest | None) -> Cell:
     return Cell(f"{test.difference:+.1f} ({p_value})", flag=test.p_value < SIGNIFICANCE)
 
 
+@dataclass
+class Answer:
+    """One method's answer to one query: the ground truth's rank and the top of the ranking (video id,
+    score), best first, as the ranks file holds it (empty where it holds no top lists)."""
+
+    label: str
+    rank: int
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class Example:
+    """A query shown with the videos each method retrieved for it."""
+
+    query: str
+    truth: str  # the ground-truth video id
+    why: str  # what sets it apart: which method alone ranks it first, or that both miss it
+    answers: list[Answer]
+
+
+# the examples shown per comparison: queries only the first method ranks first, only the second, neither
+EXAMPLES = {"only_a": 3, "only_b": 3, "neither": 2}
+
+
+def top_lists(ranks: pd.DataFrame) -> list[list[tuple[str, float]]] | None:
+    """Per query, (video id, score) of the highest-scored videos, from the ranks file's `top` and
+    `top_scores` columns; None for a ranks file written without them."""
+    if "top" not in ranks or "top_scores" not in ranks:
+        return None
+    return [list(zip(str(ids).split(), (float(v) for v in str(scores).split())))
+            for ids, scores in zip(ranks["top"], ranks["top_scores"])]
+
+
+def examples(a: Entry, b: Entry, masks: dict[str, np.ndarray]) -> list[Example]:
+    """The first queries of each kind (EXAMPLES), in query order, with both methods' answers."""
+    tops_a, tops_b = top_lists(a.ranks), top_lists(b.ranks)
+    why = {"only_a": f"only {a.label} ranks it first", "only_b": f"only {b.label} ranks it first",
+           "neither": "neither ranks it first"}
+    chosen = []
+    for kind, count in EXAMPLES.items():
+        for i in np.flatnonzero(masks[kind])[:count]:
+            answers = [Answer(entry.label, int(entry.ranks["rank"].iat[i]), tops[i] if tops is not None else [])
+                       for entry, tops in ((a, tops_a), (b, tops_b))]
+            chosen.append(Example(str(a.ranks["query_text"].iat[i]), str(a.ranks["video"].iat[i]), why[kind],
+                                  answers))
+    return chosen
+
+
 def per_query_view(board: Leaderboard, compare: tuple[str, str] | None, limit: int = 25) -> dict | None:
-    """Queries one method ranks first and the other does not, with their captions (t2v only)."""
+    """Queries one method ranks first and the other does not, with their captions (t2v only), and a few
+    examples (those, and queries both miss) with what each method retrieved for them."""
     own = [e for e in board.entries if e.kind == "own" and e.ranks is not None]
     if board.direction != "t2v" or len(own) < 2:
         return None
@@ -301,5 +350,8 @@ def per_query_view(board: Leaderboard, compare: tuple[str, str] | None, limit: i
                 for i in np.flatnonzero(mask)[:limit]]
 
     only_a, only_b = (ranks_a == 1) & (ranks_b > 1), (ranks_b == 1) & (ranks_a > 1)
+    neither = (ranks_a > 1) & (ranks_b > 1)
     return {"a": a.label, "b": b.label, "only_a": listing(only_a), "only_b": listing(only_b),
-            "count_a": int(only_a.sum()), "count_b": int(only_b.sum()), "limit": limit}
+            "count_a": int(only_a.sum()), "count_b": int(only_b.sum()), "limit": limit,
+            "examples": examples(a, b, {"only_a": only_a, "only_b": only_b, "neither": neither}),
+            "has_top": "top" in a.ranks and "top" in b.ranks, "run": a.run}

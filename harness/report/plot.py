@@ -1,5 +1,6 @@
-"""The plots: the accuracy-cost frontier (R@1 against online MACs per query, log scale, one point per method)
-and the measured online cost at scale (seconds per query against gallery size, from `harness cost --gallery`)."""
+"""The plots: the accuracy-cost frontier (R@1 against online MACs per query, log scale, one point per method),
+the measured online cost at scale (seconds per query against gallery size, from `harness cost --gallery`) and
+each trained method's training curves (loss terms and validation R@1 per epoch)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from harness.report.curves import TrainingCurve  # noqa: E402
 from harness.report.leaderboard import Leaderboard  # noqa: E402
 
 
@@ -44,6 +47,36 @@ def scale_figure(cost: dict):
     axes.set_title("online retrieval cost at scale", fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=6)
+    figure.tight_layout()
+    return figure
+
+
+def curve_figure(curve: TrainingCurve):
+    """Two panels: the loss terms per epoch (total in bold) and validation R@1 per epoch; a dashed line at the
+    selected epoch in both."""
+    figure, (losses, recall) = plt.subplots(1, 2, figsize=(7.5, 2.6))
+    for term in curve.terms():
+        points = [(int(e["epoch"]), float(e[term])) for e in curve.history if term in e]
+        losses.plot(*zip(*points), marker="o", markersize=3, linewidth=2.0 if term == "loss_total" else 1.0,
+                    label=term.removeprefix("loss_"))
+    losses.set_ylabel("training loss (epoch mean)")
+    losses.legend(fontsize=6)
+    validation = curve.validation()
+    if validation:
+        recall.plot(*zip(*validation), marker="o", markersize=3, color="tab:green")
+        best = [(epoch, r1) for epoch, r1 in validation if epoch == curve.best_epoch]
+        if best:
+            recall.scatter(*zip(*best), s=60, facecolors="none", edgecolors="black", zorder=3)
+    else:
+        recall.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=recall.transAxes,
+                    fontsize=8, color="#666")
+    recall.set_ylabel("validation R@1")
+    for axes in (losses, recall):
+        axes.axvline(curve.best_epoch, color="black", linestyle="--", linewidth=0.8)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(True, alpha=0.3)
+    figure.suptitle(f"{curve.label}: selected epoch {curve.best_epoch} ({curve.selected_by})", fontsize=9)
     figure.tight_layout()
     return figure
 

@@ -1,5 +1,6 @@
-"""Leaderboards -> HTML (one self-contained file), LaTeX (booktabs; the plots as PDF beside it) and
-Markdown, through the jinja2 templates in templates/. Every name and caption is escaped for its format."""
+"""Leaderboards -> HTML (one self-contained file: plots as inline SVG, retrieved videos as embedded JPEG, under
+REPORT_BUDGET bytes), LaTeX (booktabs; the plots as PDF beside it) and Markdown, through the jinja2 templates
+in templates/. Every name and caption is escaped for its format."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
+from harness.report.curves import TrainingCurve, training_curves
 from harness.report.leaderboard import Cell, Leaderboard, Run
-from harness.report.plot import frontier_figure, pdf, scale_figure, svg
+from harness.report.plot import curve_figure, frontier_figure, pdf, scale_figure, svg
+from harness.report.strips import FRAMES_PER_STRIP, REPORT_BUDGET, drop_images, retrieved_views
 from harness.storage.files import atomic_write
 
 FORMATS = ("html", "tex", "md")
@@ -93,6 +96,21 @@ def scale_rows(cost: dict | None) -> dict | None:
     return {"rows": rows, "batch": first["batch"], "device": cost.get("environment", {}).get("device_name", "")}
 
 
+def html_report(boards: list[Leaderboard], context: dict, curves: list[TrainingCurve], cost: dict | None) -> str:
+    """The HTML page; where it would pass REPORT_BUDGET, the retrieved-video images shown last are left out."""
+    template = _environment(True).get_template("report.html.j2")
+    page = dict(context, plots={b.key: Markup(svg(frontier_figure(b))) for b in boards if b.plot_points()},
+                scale_plot=Markup(svg(scale_figure(cost))) if context["scale"] else "",
+                curves=[{"label": c.label, "plot": Markup(svg(curve_figure(c)))} for c in curves],
+                strip_frames=FRAMES_PER_STRIP, budget_mb=f"{REPORT_BUDGET / 1e6:g}")
+    retrieved = retrieved_views(boards)
+    while True:
+        text = template.render(**page, retrieved=retrieved)
+        excess = len(text.encode()) - REPORT_BUDGET
+        if excess <= 0 or not drop_images(retrieved, excess):
+            return text
+
+
 def write_report(boards: list[Leaderboard], runs: list[Run], formats: list[str], output: Path,
                  cost: dict | None = None) -> list[Path]:
     """The report files; with `cost` (a `harness cost --gallery` record), a section on the measured online
@@ -100,20 +118,22 @@ def write_report(boards: list[Leaderboard], runs: list[Run], formats: list[str],
     output.mkdir(parents=True, exist_ok=True)
     scale = scale_rows(cost)
     context = {"boards": boards, "runs": provenance(runs), "significance": 0.05, "scale": scale}
+    curves = training_curves(runs)
     written = []
     if "html" in formats:
-        plots = {b.key: Markup(svg(frontier_figure(b))) for b in boards if b.plot_points()}
-        scale_plot = Markup(svg(scale_figure(cost))) if scale else ""
-        text = _environment(True).get_template("report.html.j2").render(**context, plots=plots, scale_plot=scale_plot)
-        atomic_write(output / "report.html", text)
+        atomic_write(output / "report.html", html_report(boards, context, curves, cost))
         written.append(output / "report.html")
     if "tex" in formats:
         plots = {b.key: pdf(frontier_figure(b), output / f"frontier-{b.key}.pdf").name
                  for b in boards if b.plot_points()}
         scale_plot = pdf(scale_figure(cost), output / "scale.pdf").name if scale else ""
-        text = _environment(False).get_template("report.tex.j2").render(**context, plots=plots, scale_plot=scale_plot)
+        curve_plots = [{"label": c.label, "file": pdf(curve_figure(c), output / f"curves-{i}-{c.key}.pdf").name}
+                       for i, c in enumerate(curves, 1)]
+        text = _environment(False).get_template("report.tex.j2").render(**context, plots=plots, scale_plot=scale_plot,
+                                                                        curves=curve_plots)
         atomic_write(output / "report.tex", text)
-        written += [output / "report.tex", *(output / name for name in [*plots.values(), scale_plot] if name)]
+        written += [output / "report.tex",
+                    *(output / name for name in [*plots.values(), scale_plot, *(c["file"] for c in curve_plots)] if name)]
     if "md" in formats:
         text = _environment(False).get_template("report.md.j2").render(**context)
         atomic_write(output / "report.md", text)
