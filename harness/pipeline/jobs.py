@@ -24,9 +24,8 @@ def _start_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _run_one(suite: Suite, run_dir: Path, force: bool, name: str, fingerprint: str) -> tuple[str, dict, list[dict]]:
-    from harness.pipeline.run import prepare, run_method
-
+def _run_one(prepare: Callable, run_method: Callable, suite: Suite, run_dir: Path, force: bool, name: str,
+             fingerprint: str) -> tuple[str, dict, list[dict]]:
     global _context
     if _context is None:
         _context = prepare(suite, run_dir, True, force, print)
@@ -35,12 +34,16 @@ def _run_one(suite: Suite, run_dir: Path, force: bool, name: str, fingerprint: s
     return name, entry, rows
 
 
-def in_workers(suite: Suite, run_dir: Path, force: bool, specs: list[MethodSpec], fingerprints: dict[str, str],
-               jobs: int, log: Callable = print) -> Iterator[tuple[str, dict, list[dict]]]:
-    """(name, entry, rows) of each method as its worker finishes it. An error in a method stops the others."""
+def in_workers(prepare: Callable, run_method: Callable, suite: Suite, run_dir: Path, force: bool,
+               specs: list[MethodSpec], fingerprints: dict[str, str], jobs: int, log: Callable = print
+               ) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(name, entry, rows) of each method as its worker finishes it, `prepare(suite, run_dir, quiet, force, log)`
+    and `run_method(context, spec, fingerprint)` (harness/pipeline/run.py's, module-level: a spawned worker imports
+    them by name) doing the work. An error in a method stops the others."""
     pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(specs)), initializer=_start_worker)
     try:
-        pending = [pool.apply_async(_run_one, (suite, run_dir, force, spec.name, fingerprints[spec.name]))
+        pending = [pool.apply_async(_run_one, (prepare, run_method, suite, run_dir, force, spec.name,
+                                             fingerprints[spec.name]))
                    for spec in specs]
         log(f"{len(specs)} method(s) in {min(jobs, len(specs))} worker processes (one torch thread each)")
         while pending:

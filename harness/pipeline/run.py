@@ -382,7 +382,7 @@ def run_methods(ctx: RunContext, specs: list[MethodSpec], fingerprints: dict[str
     processes on the CPU (harness/pipeline/jobs.py; not in a process group, where the ranks share each method)."""
     jobs = parallel_jobs(ctx)
     if jobs > 1 and len(specs) > 1:
-        yield from in_workers(ctx.suite, ctx.run_dir, ctx.force, specs, fingerprints, jobs, ctx.log)
+        yield from in_workers(prepare, run_method, ctx.suite, ctx.run_dir, ctx.force, specs, fingerprints, jobs, ctx.log)
         return
     for spec in specs:
         ctx.log(f"{spec.name}:")
