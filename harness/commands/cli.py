@@ -7,11 +7,11 @@ import argparse
 import signal
 import sys
 
-from harness.commands import (cache, check_method, cost, data_check, gate, import_checkpoint, listing, new_method,
-                              report, run)
+from harness.commands import (cache, check_method, claims, cost, data_check, gate, import_checkpoint, listing,
+                              new_method, report, run)
 from harness.errors import HarnessError
 
-SUBCOMMANDS = (run, import_checkpoint, cost, data_check, report, gate, cache, listing, new_method, check_method)
+SUBCOMMANDS = (run, import_checkpoint, cost, claims, data_check, report, gate, cache, listing, new_method, check_method)
 
 
 def parser() -> argparse.ArgumentParser:
