@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,28 +13,31 @@ import yaml
 import pytest
 
 REPO = Path(__file__).parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic")]  # one worker: one synthetic cache
 
 
 REPEATED = ("zeroshot", "clip4clip-meanp", "xpool")  # the second run repeats these (to keep CI short)
 
 
+SUITE = yaml.safe_load((REPO / "suites" / "synthetic.yaml").read_text())
+OFFICIAL_POSTS = {("glscl", "qbnorm"), ("dicosa", "qbnorm"), ("ts2net", "dsl"), ("clipvip", "dsl")}
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, synthetic_cache):
-    """The shipped suite, then a copy of it with fewer methods, on the same cache. Two torch threads, as the
-    baseline was written with: float32 reductions split by thread, so the synthetic backbone's pre-training and
-    every training move with the thread count (R@1 by up to 3.6 between one and two threads)."""
+    """The shipped suite, then a copy of it with fewer methods, on the same cache. The suite trains its methods in
+    worker processes of one torch thread each (`jobs`) and the backbone pre-trains on one thread, so the numbers
+    are those of one thread on any machine: float32 reductions split by thread would otherwise move every
+    training with the thread count (R@1 by up to 3.6 between one and two threads)."""
     cache = synthetic_cache
-    suite = yaml.safe_load((REPO / "suites" / "synthetic.yaml").read_text())
-    suite["methods"] = [m for m in suite["methods"] if m["name"] in REPEATED]
+    suite = dict(SUITE, methods=[m for m in SUITE["methods"] if m["name"] in REPEATED])
     repeat = tmp_path_factory.mktemp("suite") / "synthetic_repeat.yaml"
     repeat.write_text(yaml.safe_dump(suite))
     outputs = []
     for name, path in (("first", REPO / "suites" / "synthetic.yaml"), ("second", repeat)):
         output = tmp_path_factory.mktemp(name)
         subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--output", str(output),
-                        "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO,
-                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+                        "--cache-dir", str(cache), "--quiet"], check=True, cwd=REPO)
         outputs.append(output)
     return outputs
 
@@ -50,12 +52,15 @@ def test_results_schema_and_files(two_runs):
     for key in ("schema_version", "code_version", "environment", "seed", "suite", "protocol", "rows", "methods"):
         assert key in results
     assert results["environment"]["packages"]["torch"]
-    assert results["environment"]["torch_threads"] == 2  # as the committed baseline was written
+    assert results["environment"]["torch_threads"] == 1 and results["environment"]["jobs"] == SUITE["jobs"]
     table = rows(output)
-    assert set(table["method"]) == {"zeroshot", "clip4clip-meanp", "clip4clip-seqlstm", "clip4clip-seqtransf",
-                                    "clip4clip-tighttransf", "xpool", "glscl", "eercf", "glccl"}
+    assert list(dict.fromkeys(table["method"])) == [m["name"] for m in SUITE["methods"]]  # the suite's order
     assert set(table["split"]) == {"test-1kA", "test-1kA-multi"} and set(table["direction"]) == {"t2v", "v2t"}
-    assert (table["coverage"] == "250/250").all() and (table["post"] == "none").all()
+    assert (table["coverage"] == "250/250").all()
+    posts = table[table["post"] != "none"]
+    assert set(zip(posts["method"], posts["post"])) == OFFICIAL_POSTS
+    for (method, post), group in posts.groupby(["method", "post"]):  # every split and direction, beside the plain row
+        assert len(group) == 4, (method, post)
     multi = table[(table["split"] == "test-1kA-multi") & (table["direction"] == "t2v")]
     assert (multi["queries"] == 1250).all()
     for _, row in table.iterrows():
@@ -63,7 +68,7 @@ def test_results_schema_and_files(two_runs):
         assert len(ranks) == row["queries"]
         assert (ranks["rank"] <= 1).mean() * 100 == pytest.approx(row["R1"])
     training = results["methods"]["clip4clip-meanp"]["training"]
-    assert training["selection"] == "validation" and len(training["history"]) == 5
+    assert training["selection"] == "validation" and len(training["history"]) == SUITE["training"]["epochs"]
     assert (output / "checkpoints" / "clip4clip-meanp.pt").is_file()
 
 
@@ -100,18 +105,21 @@ def test_every_method_records_its_cost(two_runs):
     assert methods["eercf"]["cost"]["online_per_query"]["1000000"] < methods["glscl"]["cost"]["online_per_query"]["1000000"]
 
 
-def test_trained_meanp_beats_zero_shot_and_both_beat_chance(two_runs):
-    table = rows(two_runs[0]).set_index(["method", "split", "direction"])
+def test_fine_tuned_methods_beat_zero_shot_and_zero_shot_beats_chance(two_runs):
+    """The separation the README states for one epoch: zero-shot well above chance, every fine-tuned method but
+    tightTransf (a cross-encoder trained from the text blocks, still at zero-shot level after one epoch) not below
+    zero-shot on both splits and directions, none saturated."""
+    table = rows(two_runs[0])
+    table = table[(table["post"] == "none") & (table["stage"] != "coarse")].set_index(["method", "split", "direction"])
     chance = 100 / 250
+    trained = [m["name"] for m in SUITE["methods"] if m["name"] not in ("zeroshot", "clip4clip-tighttransf")]
     for split in ("test-1kA", "test-1kA-multi"):
         for direction in ("t2v", "v2t"):
             zero = table.loc[("zeroshot", split, direction), "R1"]
-            meanp = table.loc[("clip4clip-meanp", split, direction), "R1"]
             assert zero > 5 * chance
-            assert meanp > zero + 5
-            assert meanp < 90  # far from saturated: methods have room to differ
-    for method in ("clip4clip-seqlstm", "clip4clip-seqtransf", "clip4clip-tighttransf", "xpool", "glscl"):
-        assert table.loc[(method, "test-1kA", "t2v"), "R1"] > table.loc[("zeroshot", "test-1kA", "t2v"), "R1"]
+            assert table.loc[("clip4clip-meanp", split, direction), "R1"] > zero + 5
+            for method in trained:
+                assert zero <= table.loc[(method, split, direction), "R1"] < 90, (method, split, direction)
 
 
 def test_second_run_gives_the_same_numbers(two_runs):
@@ -164,4 +172,5 @@ def test_report_from_the_run(two_runs, tmp_path):
     for method in ("zeroshot", "clip4clip-meanp", "xpool", "glscl", "eercf (coarse)", "glccl"):
         assert f"| {method} |" in markdown.replace("\\", ""), method
     html = (tmp_path / "report.html").read_text()
-    assert html.count('<table class="leaderboard">') == 4 and html.count("<svg") == 4
+    assert html.count('<table class="leaderboard">') == 4 and html.count('<figure class="frontier">') == 4
+    assert html.count('<figure class="curves">') == len(SUITE["methods"]) - 1  # every trained method

@@ -22,16 +22,16 @@ from harness.interrupt import Stopped
 from harness.progress import progress
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
-VERSION = 1  # bump when the recipe below changes: a new cache file is written
+VERSION = 2  # bump when the recipe below changes: a new cache file is written
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 32
-STEPS = 600
+STEPS = 300  # with LR 2e-3: the zero-shot quality of 600 steps at 1e-3 (R@5, R@10, MnR), in half the time
 BATCH = 128
-LR = 1e-3
+LR = 2e-3
 
 
 def small_shape() -> ClipShape:
-    # Widths of 64 (one head by OpenAI's width // 64 rule) keep pre-training under a minute on 2 cores.
+    # Widths of 64 (one head by OpenAI's width // 64 rule) keep pre-training at a minute or two on one core.
     return ClipShape(embed_dim=64, image_size=IMAGE_SIZE, patch_size=8, vision_width=64, vision_layers=3,
                      context_length=CONTEXT_LENGTH, vocab_size=vocabulary_size(), text_width=64, text_layers=3)
 
@@ -51,6 +51,15 @@ def pretrain(seed: int, steps: int = STEPS, quiet: bool = False, state_file: Pat
     """The small CLIP pre-trained for `steps` steps. With `state_file`, the state after every SAVE_EVERY steps
     (weights, optimizer, schedule, the data generator, torch's generator) is written there: a pre-training
     stopped (Ctrl-C, SIGTERM, a crash) continues from it and ends with the weights of an uninterrupted one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same weights on any machine, whatever its core count
+    try:
+        return pretrained(seed, steps, quiet, state_file, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pretrained(seed: int, steps: int, quiet: bool, state_file: Path | None, log) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_clip(small_shape(), CONTEXT_LENGTH, quick_gelu=True)
