@@ -13,7 +13,7 @@ import yaml
 import pytest
 
 REPO = Path(__file__).parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic")]  # one worker: one synthetic cache
+pytestmark = pytest.mark.slow
 
 
 REPEATED = ("zeroshot", "clip4clip-meanp", "xpool")  # the second run repeats these (to keep CI short)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic")]  # one worker: one synthetic cache
+pytestmark = pytest.mark.slow
 
 
 def test_new_method_package_runs_to_a_report_row(tmp_path: Path, synthetic_cache: Path):

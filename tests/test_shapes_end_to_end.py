@@ -22,7 +22,7 @@ from harness.pipeline.checkpoints import load_backbone
 from harness.suite import load_suite
 
 REPO = Path(__file__).parent.parent
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic")]  # one worker: one synthetic cache
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
