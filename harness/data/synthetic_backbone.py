@@ -54,12 +54,13 @@ def pretrain(seed: int, steps: int = STEPS, quiet: bool = False, state_file: Pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the same weights on any machine, whatever its core count
     try:
-        return pretrained(seed, steps, quiet, state_file, log)
+        return pretrain_on_this_thread(seed, steps, quiet, state_file, log)
     finally:
         torch.set_num_threads(threads)
 
 
-def pretrained(seed: int, steps: int, quiet: bool, state_file: Path | None, log) -> dict[str, torch.Tensor]:
+def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path | None,
+                            log) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_clip(small_shape(), CONTEXT_LENGTH, quick_gelu=True)
