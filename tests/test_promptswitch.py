@@ -138,6 +138,21 @@ def test_training_reproduces_caption_logits_weights_loss_terms_and_the_prompt_gr
     assert largest(method.prompt_embedding.grad, GOLDEN["grad_prompt_embedding"]) <= TOLERANCE
 
 
+def test_caption_loss_decodes_only_the_kept_prefix_and_equals_the_loss_on_every_logit():
+    """The loss decodes up to the longest caption and projects only the kept positions; the official one takes the
+    logits at every position and keeps the same ones. Captions of different lengths; tolerance 1e-6 relative."""
+    method = build().train()
+    pairs, frames = GOLDEN["train_pairs"], GOLDEN["train_frames"]
+    video = method.encode_video(time_ordered(GOLDEN["video"][:pairs, :frames]), torch.ones(pairs, frames, dtype=torch.bool))
+    ids = method.encode_text(GOLDEN["text_ids"][:pairs], GOLDEN["text_mask"][:pairs].bool())["caption_ids"]
+    assert len(set(GOLDEN["text_mask"][:pairs].sum(dim=1).tolist())) > 1  # lengths differ: a real trim
+    keep = ids[:, :-1] != ids.max(dim=1, keepdim=True).values
+    every = F.cross_entropy(method.captioner(method.backbone, video["frames"], ids)[keep], ids[:, 1:][keep],
+                            weight=method.caption_weights)
+    trimmed = method.captioner.loss(method.backbone, video["frames"], ids, method.caption_weights)
+    assert trimmed.item() == pytest.approx(every.item(), rel=1e-6)
+
+
 def test_frequent_word_ids_are_the_clip_tokenizer_ids():
     tokenizer = SimpleTokenizer()
     assert {word: tokenizer.encode(word) for word in FREQUENT_WORD_IDS} == {w: [i] for w, i in FREQUENT_WORD_IDS.items()}

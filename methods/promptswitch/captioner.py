@@ -55,18 +55,25 @@ class Captioner(nn.Module):
 
     def forward(self, backbone, frames: Tensor, ids: Tensor) -> Tensor:
         """frames (B, T, D) un-normalised, ids (B, L) EOT-padded -> next-token logits (B, L - 1, vocabulary)."""
-        inputs = ids[:, :-1]
+        return self.head(self.decode(backbone, frames, ids[:, :-1]))
+
+    def decode(self, backbone, frames: Tensor, inputs: Tensor) -> Tensor:
+        """The decoder's output (B, L', width) at every input position."""
         with torch.no_grad():
             embedded = backbone.text_embeddings(inputs)
-        causal = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=ids.device,
+        causal = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1], device=inputs.device,
                                                                 dtype=embedded.dtype)
-        decoded = self.decoder(self.prenorm(embedded), frames, tgt_mask=causal)
-        return self.head(decoded)
+        return self.decoder(self.prenorm(embedded), frames, tgt_mask=causal)
 
-
-def caption_loss(logits: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
-    """Class-weighted next-token cross-entropy at the input positions whose token is not EOT (before the
-    branch's weight)."""
-    eot = ids.max(dim=1, keepdim=True).values
-    keep = ids[:, :-1] != eot
-    return F.cross_entropy(logits[keep], ids[:, 1:][keep], weight=weights.to(logits.dtype))
+    def loss(self, backbone, frames: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        """Class-weighted next-token cross-entropy at the input positions whose token is not EOT (before the
+        branch's weight): the official loss on forward()'s logits at those positions. Those positions are a prefix
+        of each caption (the pads follow its EOT) and the decoder is causal, so it decodes up to the longest
+        prefix only and projects onto the vocabulary only the kept positions: the same values, and a
+        vocabulary-sized head (49,408 ids) that is most of the branch's cost is paid once per real token."""
+        eot = ids.max(dim=1, keepdim=True).values
+        keep = ids[:, :-1] != eot
+        length = int(keep.sum(dim=1).max())
+        decoded = self.decode(backbone, frames, ids[:, :length])
+        kept = keep[:, :length]
+        return F.cross_entropy(self.head(decoded[kept]), ids[:, 1 : length + 1][kept], weight=weights.to(decoded.dtype))

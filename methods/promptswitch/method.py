@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.api import Features, HarnessError, InnerProduct, Method, symmetric_cross_entropy
-from methods.promptswitch.captioner import Captioner, caption_loss, class_weights, official_padding
+from methods.promptswitch.captioner import Captioner, class_weights, official_padding
 from methods.promptswitch.encoder import (aggregate, extend_to_groups, official_frame_order, prompted_tokens,
                                           repeat_last_real_frame, switched_block, training_selection)
 
@@ -137,8 +137,8 @@ class PromptSwitch(Method):
 
     def loss(self, text: Features, video: Features) -> dict[str, Tensor]:
         contrastive = symmetric_cross_entropy(self.backbone.logit_scale.exp() * self.score(text, video))
-        caption = self.params.caption_loss_weight * caption_loss(self.caption_logits(text, video),
-                                                                 text["caption_ids"], self.caption_weights)
+        caption = self.params.caption_loss_weight * self.captioner.loss(self.backbone, video["frames"],
+                                                                        text["caption_ids"], self.caption_weights)
         return {"total": contrastive + caption, "contrastive": contrastive, "caption": caption}
 
     def protocol(self) -> dict[str, str]:
