@@ -72,7 +72,11 @@ class ProtocolSpec:
 
 @dataclass
 class TrainingSpec:
-    epochs: int = 5  # passes over every (training video, caption) pair
+    epochs: int = 5  # passes over the training samples
+    # What an epoch samples: "every-pair", each (training video, caption) pair once (CLIP4Clip's
+    # --expand_msrvtt_sentences, the MSR-VTT recipes); "one-caption-per-video", each training video once with
+    # one of its captions drawn at random (CLIP4Clip's loader without that flag).
+    samples: Literal["every-pair", "one-caption-per-video"] = "every-pair"
     batch_size: int = 128  # the global batch, whatever the number of processes (it must divide by it)
     lr: float = 1e-4  # new modules
     coef_lr: float = 1e-3  # backbone lr = lr * coef_lr

@@ -122,3 +122,21 @@ def test_chunked_scoring_equals_unchunked():
     chunked = score_in_chunks(method, text, video, Scoring(torch.device("cpu"), 17))
     assert chunked.shape == (203, 157)
     assert (full - chunked).abs().max() <= 1e-5
+
+
+def test_one_caption_per_video_samples_every_video_once_an_epoch_with_one_of_its_own_captions():
+    from harness.pipeline.train import PairBatches
+
+    videos = [Video(f"v{i}", None) for i in range(7)]
+    owners = [0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 5, 6]  # video 4 has no caption: never sampled
+    split = Split("train", "multi-caption", videos, [f"caption {i}" for i in range(len(owners))], owners)
+    batches = PairBatches(split, None, 8, 2, 5, "uniform", 2, 16, rank=0, world=1, samples="one-caption-per-video")
+    assert len(batches) == 3  # six captioned videos, batches of 2
+    drawn = []
+    for _ in range(40):
+        captions = torch.cat(list(batches.shards())).tolist()
+        assert sorted(owners[c] for c in captions) == [0, 1, 2, 3, 5, 6]
+        drawn += captions
+    assert set(drawn) == set(range(len(owners)))  # every caption of a video is drawn in some epoch
+    every = PairBatches(split, None, 8, 2, 5, "uniform", 2, 16, rank=0, world=1)
+    assert len(every) == 6 and sorted(torch.cat(list(every.shards())).tolist()) == list(range(12))

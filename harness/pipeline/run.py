@@ -239,7 +239,7 @@ def train_stage(ctx: RunContext, spec: MethodSpec, method: Method, fingerprint: 
         file.unlink()
     protocol, training = suite.protocol, suite.training
     batches = PairBatches(prepared.train_split, ctx.train_store, protocol.words, training.batch_size, suite.seed,
-                          ctx.train_policy, protocol.frames, ctx.store.size)
+                          ctx.train_policy, protocol.frames, ctx.store.size, samples=training.samples)
     validation = (Validation(prepared.validation, ctx.store, ctx.evaluation())
                   if training.selection == "validation" and prepared.validation is not None else None)
     record = train(method, batches, training, prepared.device, validation, ctx.quiet, ctx.log, state_file, fingerprint,

@@ -85,12 +85,14 @@ def warmup_cosine(progress: float, warmup: float) -> float:
 
 
 class PairBatches:
-    """Every (training video, caption) pair is a sample; batches in a seeded order. `batch_size` is the
-    global batch: in a world of `world` processes (default: the process group's) rank `rank` takes the
-    rank-th of `world` equal, contiguous shards of each, so the shards in rank order are one process's batch."""
+    """Batches of (video, caption) samples in a seeded order: every pair once an epoch, or (`samples`
+    "one-caption-per-video") every video once with one of its captions drawn at random. `batch_size` is the
+    global batch: in a world of `world` processes (default: the process group's) rank `rank` takes the rank-th of
+    `world` equal, contiguous shards of each, so the shards in rank order are one process's batch."""
 
     def __init__(self, split: Split, store: FrameStore | None, words: int, batch_size: int, seed: int,
-                 policy: str, frames: int, size: int, rank: int | None = None, world: int | None = None):
+                 policy: str, frames: int, size: int, rank: int | None = None, world: int | None = None,
+                 samples: str = "every-pair"):
         self.rank = distributed.rank() if rank is None else rank
         self.world = distributed.world_size() if world is None else world
         if batch_size % self.world:
@@ -99,6 +101,16 @@ class PairBatches:
         self.split, self.store, self.batch_size, self.seed = split, store, batch_size, seed
         self.policy, self.frames, self.size = policy, frames, size
         self.tokens, self.token_mask = tokenize(split.captions, words)
+        self.per_video = samples == "one-caption-per-video"
+        if self.per_video:  # the caption indices of each video that has captions, as one padded table
+            by_video: dict[int, list[int]] = {}
+            for caption, owner in enumerate(split.caption_video):
+                by_video.setdefault(owner, []).append(caption)
+            rows = [by_video[v] for v in sorted(by_video)]
+            self.caption_counts = torch.tensor([len(row) for row in rows])
+            self.caption_table = torch.zeros(len(rows), max(map(len, rows), default=1), dtype=torch.long)
+            for i, row in enumerate(rows):
+                self.caption_table[i, : len(row)] = torch.tensor(row)
         self.generator = torch.Generator().manual_seed(seed)  # the global order: the same on every rank
         # random frame sampling: rank 0 draws as one process does, the others their own numbers
         self.rng = np.random.default_rng(seed if self.rank == 0 else [seed, self.rank])
@@ -111,8 +123,11 @@ class PairBatches:
         self.generator.set_state(state["generator"])
         self.rng.bit_generator.state = state["rng"]
 
+    def samples(self) -> int:
+        return len(self.caption_counts) if self.per_video else len(self.split.captions)
+
     def __len__(self) -> int:
-        return max(1, len(self.split.captions) // self.batch_size)  # the last partial batch is dropped
+        return max(1, self.samples() // self.batch_size)  # the last partial batch is dropped
 
     def _frames(self, video_index: int):
         video = self.split.videos[video_index]
@@ -121,9 +136,17 @@ class PairBatches:
         return pad_frames(decode(video.path, self.frames, self.policy, self.size, video.id, self.rng,
                                  video.end_second), self.frames)
 
+    def epoch_captions(self) -> Tensor:
+        """The caption index of every sample of one epoch, in the epoch's order."""
+        order = torch.randperm(self.samples(), generator=self.generator)
+        if not self.per_video:
+            return order
+        drawn = (torch.rand(len(self.caption_counts), generator=self.generator) * self.caption_counts).long()
+        return self.caption_table[torch.arange(len(drawn)), drawn][order]
+
     def shards(self):
         """The caption indices of this rank's shard of every global batch of one epoch."""
-        order = torch.randperm(len(self.split.captions), generator=self.generator)
+        order = self.epoch_captions()
         shard = self.batch_size // self.world
         for b in range(len(self)):
             start = b * self.batch_size + self.rank * shard
