@@ -27,8 +27,9 @@ class TightTransfParams:
     layers: int = 4  # initialised from the backbone's first text blocks
     positions: int = 77  # rows of the position embedding (CLIP's text context length)
     dropout: float = 0.1  # on the embeddings (the cross config's hidden dropout)
-    # Pair sequences encoded at once while scoring.
-    pair_chunk: int = 4096
+    # Pair sequences encoded at once while scoring (1,024: on one core 1.7x faster than 4,096, whose activations
+    # outgrow the caches).
+    pair_chunk: int = 1024
 
 
 class TightTransf(MeanP):
