@@ -24,7 +24,8 @@ from harness.retrieval.encoding import encode_split
 from harness.retrieval.feature_cache import FeatureCache
 from harness.retrieval.features import count, move_features, slice_features
 from harness.retrieval.index import IndexSpec
-from harness.retrieval.metrics import MULTI_CAPTION_V2T, Ranking, Truth, concat_rankings, count_true
+from harness.retrieval.metrics import (MULTI_CAPTION_V2T, Ranking, Truth, concat_rankings, count_true,
+                                      rank_of_ground_truth)
 from harness.retrieval.post_rows import DirectionPass, PostProcessing
 from harness.retrieval.tiles import Scoring, query_blocks, refuse_nan, sides, tile
 from harness.retrieval.two_stage import TwoStageRanker
@@ -128,6 +129,26 @@ def both_directions_in_one_pass(method: Method, text: Features, video: Features,
     return {"t2v": every_ranks_blocks(blocks), "v2t": v2t}
 
 
+@torch.no_grad()
+def multi_caption_directions_in_one_pass(method: Method, text: Features, video: Features, owners: Tensor,
+                                         scoring: Scoring) -> dict[str, Ranking]:
+    """t2v and v2t ranks of a multi-caption split (v2t by the max over each video's captions) from one pass over
+    the caption blocks: each block is folded into best (videos x videos), best[u, v] the highest score of video
+    u's captions against video v; video v's v2t rank is then its own group's rank in column v, as
+    videos_against_captions ranks the full S^T (the same scores, the pass's tiles being the full matrix's). best
+    holds n_videos^2 scores, no more than one block where n_videos <= chunk, which is when it is used."""
+    n = count(video)
+    truth = Truth(owners, n, "t2v")
+    best, blocks = torch.full((n, n), -torch.inf), []
+    for q0, block in query_blocks(method.score, text, video, "t2v", scoring, lambda start: mine(start, scoring.chunk)):
+        refuse_nan(block, method, f"scores of captions {q0}..{q0 + len(block) - 1}")
+        blocks.append((q0, truth.rank(block, q0)))
+        groups = owners[q0 : q0 + len(block)].unsqueeze(1).expand_as(block)
+        best = best.scatter_reduce(0, groups, block, reduce="amax", include_self=True)
+    best = torch.stack(distributed.gather_objects(best)).amax(dim=0)  # every rank folded its share of the blocks
+    return {"t2v": every_ranks_blocks(blocks), "v2t": rank_of_ground_truth(best.t(), torch.arange(n))}
+
+
 def rank_features(method: Method, text: Features, video: Features, owners: Tensor, scoring: Scoring,
                   directions: tuple[str, ...] = ("t2v", "v2t"), v2t_convention: str = MULTI_CAPTION_V2T,
                   index: IndexSpec | None = None, quiet: bool = True) -> list[StageRanks]:
@@ -138,10 +159,11 @@ def rank_features(method: Method, text: Features, video: Features, owners: Tenso
     first: dict[str, Ranking] = {}
     second: dict[str, Ranking] = {}
     computed: dict[str, int] = {}
-    if k is None and index is None and set(directions) == {"t2v", "v2t"} and \
-            Truth(owners, n_videos, "v2t").one_per_query:
-        first = both_directions_in_one_pass(method, text, video, owners, scoring)
-        directions = ()
+    if k is None and index is None and set(directions) == {"t2v", "v2t"}:
+        if Truth(owners, n_videos, "v2t").one_per_query:
+            first, directions = both_directions_in_one_pass(method, text, video, owners, scoring), ()
+        elif v2t_convention == "max-over-captions" and n_videos <= scoring.chunk:
+            first, directions = multi_caption_directions_in_one_pass(method, text, video, owners, scoring), ()
     for direction in directions:
         queries, gallery = sides(text, video, direction)
         truth = Truth(owners, n_videos, direction, v2t_convention)
