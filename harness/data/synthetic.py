@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -97,6 +98,14 @@ def generate(root: Path, seed: int, quiet: bool = False) -> None:
         os.replace(staging, root)
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def generate_in_background(root: Path, seed: int) -> multiprocessing.Process:
+    """Start `generate` (quiet) in another process: a first run pre-trains the small CLIP meanwhile, on the other
+    core. The writing is atomic, so a generate() in this process after it finds the benchmark complete."""
+    process = multiprocessing.get_context("spawn").Process(target=generate, args=(root, seed, True), daemon=True)
+    process.start()
+    return process
 
 
 class Synthetic(MSRVTT):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.api.backbone import ClipShape, build_clip
+from harness.api.backbone import Backbone, ClipShape, build_clip
 from harness.data.synthetic_world import still_sample
 from harness.data.text import tokenize, vocabulary_size
 from harness.data.video import resize_center_crop, to_pixels
@@ -22,7 +22,7 @@ from harness.interrupt import Stopped
 from harness.progress import progress
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
-VERSION = 2  # bump when the recipe below changes: a new cache file is written
+VERSION = 3  # bump when the recipe below changes: a new cache file is written
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 32
 STEPS = 300  # with LR 2e-3: the zero-shot quality of 600 steps at 1e-3 (R@5, R@10, MnR), in half the time
@@ -77,12 +77,13 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
         rng.bit_generator.state, first = saved["rng"], saved["step"]
         torch.set_rng_state(saved["torch"])
         log(f"continuing the synthetic backbone's pre-training after step {first} of {steps} ({state_file})")
+    towers = Backbone(model)  # the staged text tower, which takes captions cut after the batch's longest
     model.train()
     try:
         for step in progress(range(first, steps), "pre-training the synthetic backbone", quiet, total=steps - first):
             pixels, tokens = _batch(rng)
             image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
-            text = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+            text = torch.nn.functional.normalize(towers.encode_sentence(up_to_longest(tokens)), dim=-1)
             loss = symmetric_cross_entropy(model.logit_scale.exp() * text @ image.t())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -102,6 +103,13 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
                 f"in {state_file}, and the same command continues from it")
         raise
     return model.state_dict()
+
+
+def up_to_longest(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens cut after the batch's last EOT (the largest id). The text tower is causal and pools at the EOT, so
+    the positions after it change no feature: the same features at a third of the text tower's cost (the
+    pre-training captions are short, the context 32 tokens)."""
+    return tokens[:, : int(tokens.argmax(dim=1).max()) + 1]
 
 
 def checkpoint_path(cache_dir: Path, seed: int) -> Path:

@@ -9,6 +9,7 @@ for an hour.
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from harness import distributed, registry
 from harness.api.backbone import Backbone, read_state_dict
 from harness.pipeline.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
+from harness.data.synthetic import Synthetic, generate_in_background
+from harness.data.synthetic_backbone import SYNTHETIC_ARCH, checkpoint_path
 from harness.errors import DataError, HarnessError
 from harness.retrieval.post_rows import method_post_names
 from harness.progress import timed
@@ -153,6 +156,21 @@ def first_videos(split: Split | None, limit: int) -> Split | None:
     return split if split is None or len(split.videos) <= limit else split.subset(split.name, list(range(limit)))
 
 
+def generate_while_pretraining(suite: Suite, cache_dir: Path, quiet: bool) -> multiprocessing.Process | None:
+    """On the first run of the synthetic suite (neither its benchmark nor its small CLIP cached yet), the benchmark
+    is written in another process while this one pre-trains the CLIP: they share nothing and take a core each.
+    None otherwise (and in a process group, whose ranks each load the data)."""
+    if (suite.benchmark.name != Synthetic.name or suite.benchmark.root or suite.backbone.arch != SYNTHETIC_ARCH
+            or suite.backbone.checkpoint is not None or distributed.world_size() > 1):
+        return None
+    folder = Synthetic.folder(None, cache_dir, suite.seed)
+    if folder.is_dir() or checkpoint_path(cache_dir, suite.seed).exists():
+        return None
+    if not quiet:
+        print(f"generating the synthetic benchmark into {folder} in the background while the small CLIP pre-trains")
+    return generate_in_background(folder, suite.seed)
+
+
 def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
     problems = Problems()
     device = problems.check("device", lambda: usable_device(suite.device))
@@ -162,12 +180,24 @@ def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
     cache_dir = Path(suite.cache_dir).expanduser()
     methods = {m.name: registry.methods()[m.name] for m in suite.methods}
     seconds: dict[str, float] = {}
-    with timed(seconds, "benchmark"):  # a generated benchmark is generated here, on first use
-        benchmark = problems.check(f"benchmark ({suite.benchmark.name})", lambda: registry.benchmarks()[
+    loaded: dict = {}
+
+    def load_benchmark() -> None:  # a generated benchmark is generated here, on first use
+        if generating is not None:
+            generating.join()  # then the benchmark is complete, or generated here (with its error, if it fails)
+        benchmark = loaded["benchmark"] = problems.check(f"benchmark ({suite.benchmark.name})", lambda: registry.benchmarks()[
             suite.benchmark.name](suite.benchmark.root, suite.benchmark.videos, cache_dir, suite.seed, quiet))
-        splits = load_splits(suite, benchmark, methods, problems) if benchmark is not None else {"test": []}
-    with timed(seconds, "backbone"):  # the synthetic backbone is pre-trained here, on first use
-        backbone = problems.check("backbone", lambda: load_backbone(suite, cache_dir, quiet))
+        loaded["splits"] = load_splits(suite, benchmark, methods, problems) if benchmark is not None else {"test": []}
+
+    def load_the_backbone() -> None:  # the synthetic backbone is pre-trained here, on first use
+        loaded["backbone"] = problems.check("backbone", lambda: load_backbone(suite, cache_dir, quiet))
+
+    generating = generate_while_pretraining(suite, cache_dir, quiet)
+    stages = [("benchmark", load_benchmark), ("backbone", load_the_backbone)]
+    for name, stage in stages if generating is None else reversed(stages):
+        with timed(seconds, name):
+            stage()
+    benchmark, splits, backbone = loaded["benchmark"], loaded["splits"], loaded["backbone"]
     for index, spec in enumerate(suite.methods):
         if spec.checkpoint is None:
             continue
