@@ -48,6 +48,9 @@ LOSS_TERMS = {"loss_t2v": "t2v", "loss_v2t": "v2t", "loss_main": "main", "loss_o
 # QB-Norm exponentiates beta x S: a score difference delta moves a normalised entry by about beta x delta
 # relative (numerator and denominator), e.g. 70 x 3e-7: the normalised matrices are compared relatively.
 QBNORM_RELATIVE_TOLERANCE = 1e-4
+# The loss terms are log-sum-exps over the batch (t2v, v2t about 9.5): float32 rounding moves them by a few
+# units of 1e-6 relative from one CPU to another (1.4e-5 absolute seen on 9.51), so they are compared relatively.
+LOSS_RELATIVE_TOLERANCE = 5e-6
 
 
 def layer_count(prefix: str) -> int:
@@ -136,7 +139,8 @@ def test_training_mode_score_and_every_loss_term_reproduce_the_official_ones(dic
         terms = method.loss(text, video)
     assert_golden({"train_score": score})
     for golden, ours in LOSS_TERMS.items():
-        assert abs(terms[ours].item() - GOLDEN[golden].item()) <= TOLERANCE, golden
+        expected = GOLDEN[golden].item()
+        assert abs(terms[ours].item() - expected) <= max(TOLERANCE, LOSS_RELATIVE_TOLERANCE * abs(expected)), golden
     assert terms["total"].item() == pytest.approx((terms["main"] + terms["disentangle"]).item(), rel=1e-7)
 
 

@@ -31,7 +31,7 @@ class GLCCLParams:
     words: int | None = None  # size of the L x L matrices; None: the suite's words
     csc_weight: float = 0.5  # lambda (official README); the code's flag default is 0.1
     # Elements of the (texts x videos x words x D) per-word tensor built at once while scoring. 2^22 (16 MiB in
-    # float32): scoring the synthetic suite's 1,250 x 250 pairs on one core took 2.2x longer at 2^24.
+    # float32): on one core 2.2x faster than 2^24, whose tensors outgrow the caches; raise it on a GPU.
     pair_budget: int = 1 << 22
 
 
