@@ -64,7 +64,7 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_clip(small_shape(), CONTEXT_LENGTH, quick_gelu=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
     )
