@@ -106,20 +106,20 @@ def test_every_method_records_its_cost(two_runs):
 
 
 def test_fine_tuned_methods_beat_zero_shot_and_zero_shot_beats_chance(two_runs):
-    """The separation the README states for one epoch: zero-shot well above chance, every fine-tuned method but
-    tightTransf (a cross-encoder trained from the text blocks, still at zero-shot level after one epoch) not below
-    zero-shot on both splits and directions, none saturated."""
+    """The separation the README states: zero-shot well above chance and below every fine-tuned method, on both
+    splits and directions, none saturated; meanP below seqTransf (order-aware) on the t2v queries of both splits."""
     table = rows(two_runs[0])
     table = table[(table["post"] == "none") & (table["stage"] != "coarse")].set_index(["method", "split", "direction"])
     chance = 100 / 250
-    trained = [m["name"] for m in SUITE["methods"] if m["name"] not in ("zeroshot", "clip4clip-tighttransf")]
+    trained = [m["name"] for m in SUITE["methods"] if m["name"] != "zeroshot"]
     for split in ("test-1kA", "test-1kA-multi"):
         for direction in ("t2v", "v2t"):
             zero = table.loc[("zeroshot", split, direction), "R1"]
             assert zero > 5 * chance
             assert table.loc[("clip4clip-meanp", split, direction), "R1"] > zero + 5
             for method in trained:
-                assert zero <= table.loc[(method, split, direction), "R1"] < 90, (method, split, direction)
+                assert zero < table.loc[(method, split, direction), "R1"] < 90, (method, split, direction)
+        assert table.loc[("clip4clip-meanp", split, "t2v"), "R1"] < table.loc[("clip4clip-seqtransf", split, "t2v"), "R1"]
 
 
 def test_second_run_gives_the_same_numbers(two_runs):

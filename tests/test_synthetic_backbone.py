@@ -68,11 +68,13 @@ def test_the_first_run_generates_the_benchmark_in_the_background_only_when_both_
     from harness.suite import load_suite
 
     started = []
-    monkeypatch.setattr(preflight, "generate_in_background", lambda root, seed: started.append((root, seed)) or root)
+    monkeypatch.setattr(preflight, "generate_in_background",
+                        lambda root, seed, store: started.append((root, seed, store)) or root)
     suite = load_suite("suites/synthetic.yaml", [f"cache_dir={tmp_path}"])
     folder = Synthetic.folder(None, tmp_path, suite.seed)
     assert preflight.generate_while_pretraining(suite, tmp_path, quiet=True) == folder
-    assert started == [(folder, suite.seed)]
+    assert started == [(folder, suite.seed, {"cache_dir": tmp_path, "frames": 8, "policy": "fps1-linspace", "size": 32,
+                                             "timeout": suite.benchmark.decode_timeout})]
     checkpoint = synthetic_backbone.checkpoint_path(tmp_path, suite.seed)
     checkpoint.parent.mkdir(parents=True)
     checkpoint.touch()  # the backbone cached: nothing to overlap the generation with

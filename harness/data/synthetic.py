@@ -20,6 +20,7 @@ import numpy as np
 
 from harness.data.benchmark import Split, paragraph_split
 from harness.data.benchmarks.msrvtt import DATA_JSON, TEST_CSV, TRAIN_CSV, MSRVTT
+from harness.data.frames import FrameStore
 from harness.progress import progress
 from harness.data.synthetic_world import FPS, TEST_KINDS, TRAIN_KINDS, caption, random_clip, render, reordered
 
@@ -100,12 +101,21 @@ def generate(root: Path, seed: int, quiet: bool = False) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def generate_in_background(root: Path, seed: int) -> multiprocessing.Process:
-    """Start `generate` (quiet) in another process: a first run pre-trains the small CLIP meanwhile, on the other
-    core. The writing is atomic, so a generate() in this process after it finds the benchmark complete."""
-    process = multiprocessing.get_context("spawn").Process(target=generate, args=(root, seed, True), daemon=True)
+def generate_in_background(root: Path, seed: int, store: dict | None = None) -> multiprocessing.Process:
+    """Start `generate` (quiet) in another process, then (with `store`, FrameStore's arguments) decode every video
+    into the frame cache: a first run pre-trains the small CLIP meanwhile, on the other core. The writes are atomic,
+    so a generate() or a decoding in this process after it finds the work done."""
+    process = multiprocessing.get_context("spawn").Process(target=_generate_and_decode, args=(root, seed, store))
     process.start()
     return process
+
+
+def _generate_and_decode(root: Path, seed: int, store: dict | None) -> None:
+    generate(root, seed, quiet=True)
+    if store is not None:
+        benchmark = Synthetic(str(root), None, store["cache_dir"], seed, quiet=True)
+        videos = [video for split in ("train-9k", "test-1kA") for video in benchmark.load_split(split).videos]
+        FrameStore(**store, quiet=True, workers=1).prepare(videos)
 
 
 class Synthetic(MSRVTT):

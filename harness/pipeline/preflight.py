@@ -23,7 +23,7 @@ from harness.api.backbone import Backbone, read_state_dict
 from harness.pipeline.checkpoints import load_backbone, load_checkpoint
 from harness.data.benchmark import Benchmark, Split, check_videos, video_keys
 from harness.data.synthetic import Synthetic, generate_in_background
-from harness.data.synthetic_backbone import SYNTHETIC_ARCH, checkpoint_path
+from harness.data.synthetic_backbone import IMAGE_SIZE, SYNTHETIC_ARCH, checkpoint_path
 from harness.errors import DataError, HarnessError
 from harness.retrieval.post_rows import method_post_names
 from harness.progress import timed
@@ -158,7 +158,8 @@ def first_videos(split: Split | None, limit: int) -> Split | None:
 
 def generate_while_pretraining(suite: Suite, cache_dir: Path, quiet: bool) -> multiprocessing.Process | None:
     """On the first run of the synthetic suite (neither its benchmark nor its small CLIP cached yet), the benchmark
-    is written in another process while this one pre-trains the CLIP: they share nothing and take a core each.
+    is written and its videos decoded into the frame cache in another process while this one pre-trains the CLIP:
+    they share nothing and take a core each.
     None otherwise (and in a process group, whose ranks each load the data)."""
     if (suite.benchmark.name != Synthetic.name or suite.benchmark.root or suite.backbone.arch != SYNTHETIC_ARCH
             or suite.backbone.checkpoint is not None or distributed.world_size() > 1):
@@ -167,8 +168,12 @@ def generate_while_pretraining(suite: Suite, cache_dir: Path, quiet: bool) -> mu
     if folder.is_dir() or checkpoint_path(cache_dir, suite.seed).exists():
         return None
     if not quiet:
-        print(f"generating the synthetic benchmark into {folder} in the background while the small CLIP pre-trains")
-    return generate_in_background(folder, suite.seed)
+        print(f"generating the synthetic benchmark into {folder} and decoding its videos in the background while "
+              "the small CLIP pre-trains")
+    protocol = suite.protocol
+    store = {"cache_dir": cache_dir, "frames": protocol.frames, "policy": protocol.sampling,
+             "size": protocol.image_size or IMAGE_SIZE, "timeout": suite.benchmark.decode_timeout}
+    return generate_in_background(folder, suite.seed, store)
 
 
 def preflight(suite: Suite, run_dir: Path, quiet: bool = False) -> Prepared:
