@@ -3,7 +3,7 @@ the benchmark generated, the small CLIP pre-trained, every video decoded, every 
 costed) and warm (a second run into a new directory, the frame and backbone caches filled), end to end and per
 stage (results.json `seconds`: benchmark, backbone, decoding; each method's train, evaluate, cost).
 
-With `--benchmark-enable` the shipped suite runs, twice (about ten minutes); otherwise a tiny suite checks the same
+With `--benchmark-enable` the shipped suite runs, twice (about eight minutes); otherwise a tiny suite checks the same
 profile on the VATEX fixture. Timings are recorded (extra_info), never asserted."""
 
 from __future__ import annotations
