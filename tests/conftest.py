@@ -5,9 +5,12 @@ other seeds and shapes can be checked with `HARNESS_GOLDEN_DIR=DIR pytest tests/
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+REPO = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data"
 GOLDEN_DIR = Path(os.environ.get("HARNESS_GOLDEN_DIR") or DATA / "golden")
 
@@ -46,8 +50,21 @@ def load_golden(name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> Path:
-    """One cache for every test that runs the synthetic benchmark: it is generated once per session."""
-    return tmp_path_factory.mktemp("synthetic-cache")
+    """One cache for every test that runs the synthetic benchmark, shared by the session's xdist workers: the first
+    test to ask fills it (the benchmark generated, the small CLIP pre-trained, every video decoded: the default
+    suite's zero-shot row run cold), a worker asking meanwhile waits for it, and no worker pre-trains a second time."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache, filled = shared / "synthetic-cache", shared / "synthetic-cache.filled"
+    with open(shared / "synthetic-cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not filled.exists():
+            cold = subprocess.run([sys.executable, "-m", "harness", "run", str(REPO / "suites" / "synthetic.yaml"),
+                                   "--methods", "zeroshot", "--output", str(shared / "synthetic-cold-run"), "--cache-dir",
+                                   str(cache), "--quiet"], cwd=REPO, capture_output=True, text=True)
+            assert cold.returncode == 0, f"filling the synthetic cache failed:\n{cold.stderr[-4000:]}"
+            filled.touch()
+    return cache
 
 
 def write_clip(path: Path, embed_dim: int) -> Path:

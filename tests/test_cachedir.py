@@ -23,7 +23,7 @@ def cache(tmp_path) -> Path:
         "frames/T12-fps1-linspace-224px/video0-0123.npz": 300, "frames/T12-fps1-linspace-224px/video1-4567.npz": 500,
         "frames/T8-uniform-224px/video0-89ab.npz": 70,
         "features/clip4clip-meanp-videos-aa.npz": 40, "features/clip4clip-meanp-queries-bb.npz": 20,
-        "backbones/synthetic-small-v1-seed42.pt": 900,
+        "backbones/synthetic-small-v1-seed42.pt": 900, "timings/synthetic.json": 30,
         "synthetic-v2-seed42/videos/video0.mp4": 1000, "synthetic-v2-seed42/MSRVTT_data.json": 60,
         "synthetic-v2-seed42/COMPLETE": 3, "synthetic-v2-seed7.partial-4242/videos/video0.mp4": 400,
         "notes.txt": 11,
@@ -71,8 +71,8 @@ def test_info_counts_entries_and_sizes_per_kind_and_in_total(cache, capsys, monk
                 for name in ("linked.npz", "linked-folder"))
     elsewhere = (cache / "elsewhere").lstat().st_size
     assert rows == {"frames": (5, human_size(870 + links)), "features": (2, "60 B"), "backbones": (1, "900 B"),
-                    "synthetic": (2, human_size(1463)), "other": (2, human_size(11 + elsewhere)),
-                    "total": (12, human_size(870 + links + 60 + 900 + 1463 + 11 + elsewhere))}
+                    "timings": (1, "30 B"), "synthetic": (2, human_size(1463)), "other": (2, human_size(11 + elsewhere)),
+                    "total": (13, human_size(870 + links + 60 + 900 + 30 + 1463 + 11 + elsewhere))}
     monkeypatch.setenv("HARNESS_CACHE", str(cache))  # the suites' default folder
     assert main(["cache", "info"]) == 0
     printed = capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_clearing_everything_needs_all_and_never_touches_anything_outside(cache,
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 2
     assert "--all" in capsys.readouterr().err and on_disk(cache) == before
     assert main(["cache", "clear", "--cache-dir", str(cache), "--all"]) == 0
-    assert "removed 10 entries" in capsys.readouterr().out  # every kind but other (2 of the 12)
+    assert "removed 11 entries" in capsys.readouterr().out  # every kind but other (2 of the 13)
     assert on_disk(cache) == {"notes.txt", "elsewhere"}
     assert main(["cache", "clear", "--cache-dir", str(cache), "--kind", "other"]) == 0
     assert on_disk(cache) == set()

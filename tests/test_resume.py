@@ -328,6 +328,9 @@ def test_methods_in_worker_processes_give_the_rows_of_one_after_the_other_with_o
     parallel.write_text(yaml.safe_dump(data))
     serial = write_suite(tmp_path, vatex, tiny_clip, methods, epochs=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    timings = tmp_path / "cache" / "timings" / "tiny.json"  # the suite's last run: zeroshot took longest
+    timings.parent.mkdir(parents=True)
+    timings.write_text(json.dumps({"zeroshot": 100.0, "xpool": 50.0}))
     runs, printed = {}, {}
     for name, suite in (("parallel", parallel), ("serial", serial)):
         runs[name] = tmp_path / name
@@ -335,8 +338,12 @@ def test_methods_in_worker_processes_give_the_rows_of_one_after_the_other_with_o
                                "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
         assert done.returncode == 0, done.stderr
         printed[name] = done.stdout
-    assert "3 method(s) in 2 worker processes (one torch thread each)" in printed["parallel"]
+    # never timed first, then the longest of the last run
+    assert ("3 method(s) in 2 worker processes (one torch thread each), longest first by the last run "
+            "(clip4clip-meanp, zeroshot, xpool)") in printed["parallel"]
     ours, theirs = results(runs["parallel"]), results(runs["serial"])
+    assert json.loads(timings.read_text()) == {name: round(sum(entry["seconds"].values()), 1)  # this run's, recorded
+                                               for name, entry in ours["methods"].items()}
     assert ours["environment"]["jobs"] == 2 and ours["environment"]["torch_threads"] == 1
     assert [r["method"] for r in ours["rows"]] == [r["method"] for r in theirs["rows"]]  # the suite's order
     assert ours["rows"] == theirs["rows"]

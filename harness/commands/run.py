@@ -119,6 +119,10 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.nproc is None and not args.dry_run and not getattr(args, "executor", None):
+        from harness.processes import start_server
+
+        start_server()  # before this process imports torch: the child processes' imports run beside it
     from harness import distributed
 
     if args.nproc is not None and not distributed.launched():

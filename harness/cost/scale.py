@@ -16,7 +16,6 @@ reported as such instead of measured.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ import torch
 
 from harness.data.text import tokenize
 from harness.errors import HarnessError
+from harness.processes import context
 from harness.retrieval.features import bytes_per_item
 from harness.retrieval.tiles import Scoring
 from harness.retrieval.two_stage import rerank_block
@@ -276,11 +276,10 @@ def measuring_s(point: ScalePoint) -> float:
 
 def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
               repeats: int, with_batch: bool, time_limit: float) -> dict:
-    """`_measure` in a fresh process (spawn: a forked child would hang in its first multi-threaded OpenMP
-    operation once the parent ran one)."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, repeats, with_batch,
+    """`_measure` in a fresh process (harness/processes.py): its peak memory is the measurement's alone."""
+    processes = context()
+    receive, send = processes.Pipe(duplex=False)
+    child = processes.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, repeats, with_batch,
                                                    send))
     child.start()
     send.close()

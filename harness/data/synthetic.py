@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import shutil
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from harness.data.benchmark import Split, paragraph_split
 from harness.data.benchmarks.msrvtt import DATA_JSON, TEST_CSV, TRAIN_CSV, MSRVTT
 from harness.data.frames import FrameStore
+from harness.processes import context
 from harness.progress import progress
 from harness.data.synthetic_world import FPS, TEST_KINDS, TRAIN_KINDS, caption, random_clip, render, reordered
 
@@ -101,11 +102,11 @@ def generate(root: Path, seed: int, quiet: bool = False) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def generate_in_background(root: Path, seed: int, store: dict | None = None) -> multiprocessing.Process:
+def generate_in_background(root: Path, seed: int, store: dict | None = None) -> BaseProcess:
     """Start `generate` (quiet) in another process, then (with `store`, FrameStore's arguments) decode every video
     into the frame cache: a first run pre-trains the small CLIP meanwhile, on the other core. The writes are atomic,
     so a generate() or a decoding in this process after it finds the work done."""
-    process = multiprocessing.get_context("spawn").Process(target=_generate_and_decode, args=(root, seed, store))
+    process = context().Process(target=_generate_and_decode, args=(root, seed, store))
     process.start()
     return process
 

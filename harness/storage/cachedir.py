@@ -4,11 +4,13 @@ Kinds, and what writes them:
 - frames: decoded frames, one .npz per video and protocol, under frames/ (harness/data/frames.py);
 - features: encoded videos and queries, under features/ (harness/retrieval/feature_cache.py);
 - backbones: the synthetic suite's pre-trained small CLIP, under backbones/ (harness/data/synthetic_backbone.py);
+- timings: each suite's method seconds of its last run, one .json per suite under timings/, which orders the next
+  run's methods longest first (harness/pipeline/jobs.py; rewritten by every run in worker processes);
 - synthetic: generated synthetic benchmarks, one synthetic-v*-seed*/ folder each (harness/data/synthetic.py);
 - other: anything else at the top of the cache folder.
-An entry of frames, features or backbones is one file (at any depth under its folder); an entry of
+An entry of frames, features, backbones or timings is one file (at any depth under its folder); an entry of
 synthetic or other is one item at the top of the cache folder. An entry's age is its newest modification
-time (cache entries are written once and never modified).
+time (cache entries but timings are written once and never modified).
 
 Clearing removes entries found by walking the cache folder only: symbolic links are removed as links and
 never followed, so nothing outside the folder is touched. `other` is removed only when named
@@ -27,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.suite import Suite, interpolate
 
-STORES = ("frames", "features", "backbones")  # folders whose files are the entries
+STORES = ("frames", "features", "backbones", "timings")  # folders whose files are the entries
 KINDS = (*STORES, "synthetic", "other")
 CLEARED_BY_DEFAULT = KINDS[:-1]
 SYNTHETIC = re.compile(r"synthetic-v\d+-seed\d+(\.partial-\d+)?")  # .partial-PID: a generation in progress or killed
@@ -48,6 +49,11 @@ class Entry:
 
 def default_cache_dir() -> Path:
     """The suites' default cache folder: $HARNESS_CACHE, else ~/.cache/tvr-harness."""
+    from harness.suite import (  # here: the command line's parser imports this module, not torch
+        Suite,
+        interpolate,
+    )
+
     return Path(interpolate(Suite.cache_dir, "the default cache_dir")).expanduser()
 
 
