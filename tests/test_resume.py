@@ -352,3 +352,22 @@ def test_methods_in_worker_processes_give_the_rows_of_one_after_the_other_with_o
         a = torch.load(runs["parallel"] / "checkpoints" / f"{name}.pt", weights_only=True)
         b = torch.load(runs["serial"] / "checkpoints" / f"{name}.pt", weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_the_worker_server_starts_early_only_for_a_suite_that_asks_for_workers(tmp_path):
+    """`harness run` starts the workers' server before it imports torch when the suite's YAML (or a --set) asks for
+    jobs above 1; a suite it cannot read there starts none (loading the suite then says what is wrong)."""
+    from argparse import Namespace
+
+    from harness.commands.run import _asks_for_workers
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\njobs: 2\n")
+    assert _asks_for_workers(Namespace(suite=str(suite), set=[]))
+    assert not _asks_for_workers(Namespace(suite=str(suite), set=["jobs=1"]))
+    suite.write_text("name: s\n")
+    assert not _asks_for_workers(Namespace(suite=str(suite), set=[]))
+    assert _asks_for_workers(Namespace(suite=str(suite), set=["jobs = 3"]))
+    suite.write_text("jobs: [2\n")  # not YAML
+    assert not _asks_for_workers(Namespace(suite=str(suite), set=[]))
+    assert not _asks_for_workers(Namespace(suite=str(tmp_path / "missing.yaml"), set=[]))

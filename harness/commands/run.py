@@ -118,11 +118,27 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return kept
 
 
+def _asks_for_workers(args: argparse.Namespace) -> bool:
+    """Whether the suite runs its methods in worker processes (`jobs` above 1 in its file or a --set), read from
+    the YAML alone: loading the suite imports torch, and the workers' server is worth starting before that.
+    Anything this cannot read is left to the suite's loading to report (the server then starts with the pool)."""
+    import yaml
+
+    try:
+        jobs = yaml.safe_load(Path(args.suite).read_text()).get("jobs", 1)
+        for item in args.set:
+            key, _, value = item.partition("=")
+            jobs = value if key.strip() == "jobs" else jobs
+        return int(jobs) > 1
+    except Exception:
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
-    if args.nproc is None and not args.dry_run and not getattr(args, "executor", None):
+    if args.nproc is None and not args.dry_run and not getattr(args, "executor", None) and _asks_for_workers(args):
         from harness.processes import start_server
 
-        start_server()  # before this process imports torch: the child processes' imports run beside it
+        start_server()  # before this process imports torch: the workers' imports run beside it
     from harness import distributed
 
     if args.nproc is not None and not distributed.launched():
