@@ -9,8 +9,11 @@ never computes, so its children start at once and safely."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
+from collections.abc import Callable
 from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
 
 PRELOAD = ["harness.pipeline.run"]  # the engine: every module a child runs is imported by it
 START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -21,6 +24,24 @@ def context() -> multiprocessing.context.BaseContext:
     if START_METHOD == "forkserver":
         forkserver.set_forkserver_preload(PRELOAD)
     return multiprocessing.get_context(START_METHOD)
+
+
+def _with_the_environment(environ: dict[str, str], target: Callable, args: tuple) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    target(*args)
+
+
+def process(target: Callable, args: tuple) -> BaseProcess:
+    """A child process (not started) running target(*args) with this process's environment of now, as a spawned
+    one would (a forked one has the server's, of its start; multiprocessing passes the working directory). What
+torch read when the server imported it (OMP_NUM_THREADS, the CPU kernel pins) stays as the server read it."""
+    return context().Process(target=_with_the_environment, args=(dict(os.environ), target, args))
+
+
+def pool(processes: int, initializer: Callable) -> multiprocessing.pool.Pool:
+    """A pool of `processes` children with this process's environment of now, each calling initializer() first."""
+    return context().Pool(processes, initializer=_with_the_environment, initargs=(dict(os.environ), initializer, ()))
 
 
 def start_server() -> None:

@@ -29,7 +29,7 @@ import torch
 
 from harness.data.text import tokenize
 from harness.errors import HarnessError
-from harness.processes import context
+from harness.processes import context, process
 from harness.retrieval.features import bytes_per_item
 from harness.retrieval.tiles import Scoring
 from harness.retrieval.two_stage import rerank_block
@@ -277,10 +277,8 @@ def measuring_s(point: ScalePoint) -> float:
 def _in_child(method: Method, video: Features, text: Features, gallery: int, chunk: int, scratch: Path | None,
               repeats: int, with_batch: bool, time_limit: float) -> dict:
     """`_measure` in a fresh process (harness/processes.py): its peak memory is the measurement's alone."""
-    processes = context()
-    receive, send = processes.Pipe(duplex=False)
-    child = processes.Process(target=_measure, args=(method, video, text, gallery, chunk, scratch, repeats, with_batch,
-                                                   send))
+    receive, send = context().Pipe(duplex=False)
+    child = process(_measure, (method, video, text, gallery, chunk, scratch, repeats, with_batch, send))
     child.start()
     send.close()
     result = receive.recv() if receive.poll(max(600.0, 4 * time_limit)) else {"error": "no answer in time"}

@@ -21,7 +21,7 @@ import numpy as np
 from harness.data.benchmark import Split, paragraph_split
 from harness.data.benchmarks.msrvtt import DATA_JSON, TEST_CSV, TRAIN_CSV, MSRVTT
 from harness.data.frames import FrameStore
-from harness.processes import context
+from harness.processes import process as child_process
 from harness.progress import progress
 from harness.data.synthetic_world import FPS, TEST_KINDS, TRAIN_KINDS, caption, random_clip, render, reordered
 
@@ -106,7 +106,7 @@ def generate_in_background(root: Path, seed: int, store: dict | None = None) -> 
     """Start `generate` (quiet) in another process, then (with `store`, FrameStore's arguments) decode every video
     into the frame cache: a first run pre-trains the small CLIP meanwhile, on the other core. The writes are atomic,
     so a generate() or a decoding in this process after it finds the work done."""
-    process = context().Process(target=_generate_and_decode, args=(root, seed, store))
+    process = child_process(_generate_and_decode, (root, seed, store))
     process.start()
     return process
 

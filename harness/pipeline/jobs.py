@@ -1,8 +1,9 @@
 """Methods of one run in parallel worker processes (the suite's `jobs`, on the CPU): each method trained,
 evaluated and costed in a worker with one torch thread, the parent merging every finished method into
 results.json as it comes (in the suite's order). A worker prepares the run once (the data and the backbone are in
-the caches by then: the parent prepared them) and takes method after method. Workers ignore Ctrl-C and SIGTERM:
-the parent stops them; every method's training state is on disk after each epoch, so a resumed run continues."""
+the caches by then: the parent prepared them) and takes method after method, the longest of the last run first.
+Workers ignore Ctrl-C and SIGTERM: the parent stops them; every method's training state is on disk after each
+epoch, so a resumed run continues."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.processes import context
+from harness.processes import pool as worker_pool
 from harness.storage.files import atomic_write
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def in_workers(prepare: Callable, run_method: Callable, suite: Suite, run_dir: P
     (timings_file) for the order of the next run."""
     timings = last_seconds(suite)
     specs = longest_first(specs, timings)
-    pool = context().Pool(min(jobs, len(specs)), initializer=_start_worker)
+    pool = worker_pool(min(jobs, len(specs)), _start_worker)
     try:
         pending = [pool.apply_async(_run_one, (prepare, run_method, suite, run_dir, force, spec.name,
                                              fingerprints[spec.name]))
