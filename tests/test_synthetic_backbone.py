@@ -14,22 +14,22 @@ STEPS = 12
 def test_a_stopped_pre_training_continues_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic_backbone, "SAVE_EVERY", 5)
     uninterrupted = synthetic_backbone.pretrain(7, STEPS, quiet=True)
-    real_batch, calls, lines = synthetic_backbone._batch, [], []
+    real_loss, calls, lines = synthetic_backbone.symmetric_cross_entropy, [], []
 
-    def stopped_at_the_ninth_step(rng):
+    def stopped_at_the_ninth_step(logits):
         calls.append(1)
         if len(calls) == 9:
             raise KeyboardInterrupt  # Ctrl-C during step 9: steps 1-5 are saved, 6-8 are lost
-        return real_batch(rng)
+        return real_loss(logits)
 
-    monkeypatch.setattr(synthetic_backbone, "_batch", stopped_at_the_ninth_step)
+    monkeypatch.setattr(synthetic_backbone, "symmetric_cross_entropy", stopped_at_the_ninth_step)
     state = tmp_path / "backbone.pretrain-state.pt"
     with pytest.raises(KeyboardInterrupt):
         synthetic_backbone.pretrain(7, STEPS, quiet=True, state_file=state, log=lines.append)
     assert torch.load(state, weights_only=True)["step"] == 5
     assert lines == [f"the synthetic backbone's pre-training was stopped; its state after step 5 of {STEPS} is kept "
                      f"in {state}, and the same command continues from it"]
-    monkeypatch.setattr(synthetic_backbone, "_batch", real_batch)
+    monkeypatch.setattr(synthetic_backbone, "symmetric_cross_entropy", real_loss)
     resumed = synthetic_backbone.pretrain(7, STEPS, quiet=True, state_file=state, log=lines.append)
     assert lines[-1] == f"continuing the synthetic backbone's pre-training after step 5 of {STEPS} ({state})"
     assert resumed.keys() == uninterrupted.keys()
@@ -85,3 +85,17 @@ def test_the_first_run_generates_the_benchmark_in_the_background_only_when_both_
     other = load_suite("suites/synthetic.yaml", [f"cache_dir={tmp_path}", "benchmark.root=elsewhere"])
     assert preflight.generate_while_pretraining(other, tmp_path / "fresh", quiet=True) is None
     assert len(started) == 1
+
+
+def test_the_batches_made_ahead_in_another_process_are_those_made_here():
+    import numpy as np
+
+    here, ahead = np.random.default_rng(11), synthetic_backbone.AheadBatches(np.random.default_rng(11), 3)
+    try:
+        for _ in range(3):
+            pixels, tokens = synthetic_backbone._batch(here)
+            made_pixels, made_tokens, state = ahead.next()
+            assert torch.equal(made_pixels, pixels) and torch.equal(made_tokens, tokens)
+            assert state == here.bit_generator.state  # a state saved after this step continues from here
+    finally:
+        ahead.close()

@@ -7,6 +7,8 @@ state-dict layout, and loaded through the same checkpoint loader as a real CLIP.
 from __future__ import annotations
 
 import math
+import queue
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from harness.data.video import resize_center_crop, to_pixels
 from harness.storage.files import atomic_torch_save
 from harness.api.method import symmetric_cross_entropy
 from harness.interrupt import Stopped
+from harness.processes import context, process
 from harness.progress import progress
 
 SYNTHETIC_ARCH = "synthetic-small"  # the suite's backbone.arch that selects this small CLIP
@@ -44,6 +47,45 @@ def _batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 SAVE_EVERY = 25  # steps between two saves of the pre-training state (a stop loses at most these)
+AHEAD = 4  # batches the other process makes ahead of the step that takes them
+
+
+def _make_batches(rng_state: dict, count: int, batches) -> None:
+    """In another process (harness/processes.py): `count` batches from the generator at `rng_state`, each put on
+    the `batches` queue as numpy arrays with the generator's state after it (what a saved state continues from)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the pre-training's to handle: it stops this process
+    torch.set_num_threads(1)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = rng_state
+    for _ in range(count):
+        pixels, tokens = _batch(rng)
+        batches.put((pixels.numpy(), tokens.numpy(), rng.bit_generator.state))
+
+
+class AheadBatches:
+    """The pre-training's batches, made by another process while this one trains on the previous ones: the same
+    batches, in the same order, as `_batch` on the generator here (their making is a fifth of a step)."""
+
+    def __init__(self, rng: np.random.Generator, count: int):
+        self.queue = context().Queue(AHEAD)
+        self.maker = process(_make_batches, (rng.bit_generator.state, count, self.queue))
+        self.maker.daemon = True  # never outlives the pre-training
+        self.maker.start()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(pixels, tokens, the generator's state after them); an error if the maker died."""
+        while True:
+            try:
+                pixels, tokens, state = self.queue.get(timeout=5)
+                return torch.from_numpy(pixels), torch.from_numpy(tokens), state
+            except queue.Empty:
+                if not self.maker.is_alive():
+                    raise RuntimeError(f"the process making the synthetic backbone's pre-training batches ended "
+                                       f"(exit code {self.maker.exitcode})") from None
+
+    def close(self) -> None:
+        self.maker.terminate()
+        self.maker.join()
 
 
 def pretrain(seed: int, steps: int = STEPS, quiet: bool = False, state_file: Path | None = None,
@@ -79,9 +121,10 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
         log(f"continuing the synthetic backbone's pre-training after step {first} of {steps} ({state_file})")
     towers = Backbone(model)  # the staged text tower, which takes captions cut after the batch's longest
     model.train()
+    batches = AheadBatches(rng, steps - first)
     try:
         for step in progress(range(first, steps), "pre-training the synthetic backbone", quiet, total=steps - first):
-            pixels, tokens = _batch(rng)
+            pixels, tokens, rng_state = batches.next()
             image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
             text = torch.nn.functional.normalize(towers.encode_sentence(up_to_longest(tokens)), dim=-1)
             loss = symmetric_cross_entropy(model.logit_scale.exp() * text @ image.t())
@@ -94,7 +137,7 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
             if state_file is not None and (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
                 atomic_torch_save(state_file, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "rng": rng.bit_generator.state, "torch": torch.get_rng_state(), "step": step + 1},
+                    "rng": rng_state, "torch": torch.get_rng_state(), "step": step + 1},
                     "pre-training state")
     except (KeyboardInterrupt, Stopped):
         if state_file is not None and state_file.is_file():
@@ -102,6 +145,8 @@ def pretrain_on_this_thread(seed: int, steps: int, quiet: bool, state_file: Path
             log(f"the synthetic backbone's pre-training was stopped; its state after step {kept} of {steps} is kept "
                 f"in {state_file}, and the same command continues from it")
         raise
+    finally:
+        batches.close()
     return model.state_dict()
 
 
