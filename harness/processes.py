@@ -34,8 +34,8 @@ def _with_the_environment(environ: dict[str, str], target: Callable, args: tuple
 
 def process(target: Callable, args: tuple) -> BaseProcess:
     """A child process (not started) running target(*args) with this process's environment of now, as a spawned
-    one would (a forked one has the server's, of its start; multiprocessing passes the working directory). What
-torch read when the server imported it (OMP_NUM_THREADS, the CPU kernel pins) stays as the server read it."""
+        one would (a forked one has the server's, of its start; multiprocessing passes the working directory). What
+    torch read when the server imported it (OMP_NUM_THREADS, the CPU kernel pins) stays as the server read it."""
     return context().Process(target=_with_the_environment, args=(dict(os.environ), target, args))
 
 
@@ -46,8 +46,8 @@ def pool(processes: int, initializer: Callable) -> multiprocessing.pool.Pool:
 
 def start_server() -> None:
     """Start the server now, before this process imports torch itself: `harness run` calls this first thing, so
-    that the server's imports run beside its own. Not in a torchrun world, where every rank
-    would start one for nothing (its ranks share each method)."""
+    that the server's imports run beside its own. Not in a torchrun world, where every rank would start one for
+    nothing (its ranks share each method)."""
     if START_METHOD == "forkserver" and os.environ.get("WORLD_SIZE", "1") == "1":
-        forkserver.set_forkserver_preload(PRELOAD)
+        context()  # the preload set
         forkserver.ensure_running()

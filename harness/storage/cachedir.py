@@ -49,10 +49,7 @@ class Entry:
 
 def default_cache_dir() -> Path:
     """The suites' default cache folder: $HARNESS_CACHE, else ~/.cache/tvr-harness."""
-    from harness.suite import (  # here: the command line's parser imports this module, not torch
-        Suite,
-        interpolate,
-    )
+    from harness.suite import Suite, interpolate  # here: the command line's parser imports this module, not torch
 
     return Path(interpolate(Suite.cache_dir, "the default cache_dir")).expanduser()
 
