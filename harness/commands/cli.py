@@ -22,8 +22,15 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def _rank_label() -> str:
+    # imported when an error is printed: harness.distributed imports torch, which `harness run` wants to import
+    # only after it started its workers' server (harness/processes.py), and `harness --help` never
+    from harness.distributed import rank_label as label
+
+    return label()
+
+
 def main(argv: list[str] | None = None) -> int:
-    from harness.distributed import rank_label
     from harness.interrupt import Stopped, signal_number, stop_on_sigterm
 
     args = parser().parse_args(argv)
@@ -32,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_sigterm():
             return args.handler(args) or 0
     except HarnessError as error:
-        print(f"{rank_label()}error: {error}", file=sys.stderr)
+        print(f"{_rank_label()}error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Stopped) as stop:  # outside a run: nothing partial was written (atomic writes)
         number = signal_number(stop)
-        print(f"{rank_label()}interrupted ({signal.Signals(number).name}): stopped; every file written so far is complete.",
+        print(f"{_rank_label()}interrupted ({signal.Signals(number).name}): stopped; every file written so far is complete.",
               file=sys.stderr)
         return 128 + number
 
