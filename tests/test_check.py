@@ -87,7 +87,7 @@ def test_against_reported_with_nothing_comparable_fails(tmp_path, capsys):
 def with_environment(run_dir, **environment):
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text())
-    results["environment"] = {"device": "cpu", "device_name": "x86_64", "packages": {"torch": "2.14.1"},
+    results["environment"] = {"device": "cpu", "device_name": "Intel Xeon", "packages": {"torch": "2.14.1"},
                               **environment}
     results_file.write_text(json.dumps(results))
     return run_dir
@@ -96,18 +96,20 @@ def with_environment(run_dir, **environment):
 def test_a_move_under_another_thread_count_or_vector_kernels_is_explained(tmp_path, capsys):
     base, _ = runs(tmp_path)
     _, regressed = runs(tmp_path, shift=3)
-    with_environment(base, torch_threads=2, cpu_capability="AVX512")
+    with_environment(base, torch_threads=2, cpu_capability="AVX512", mkl_branch="COMPATIBLE", onednn=False)
     baseline = tmp_path / "b.json"
     main(["check", str(base), "--write-baseline", str(baseline)])
     assert json.loads(baseline.read_text())["environment"]["torch_threads"] == 2
     capsys.readouterr()
-    assert main(["check", str(with_environment(regressed, torch_threads=8, cpu_capability="AVX2")), "--against",
-                 str(baseline)]) == 1  # explained, still failed
+    assert main(["check", str(with_environment(regressed, torch_threads=8, cpu_capability="AVX2", mkl_branch="AUTO",
+                                               onednn=True)), "--against", str(baseline)]) == 1  # explained, failed
     out = capsys.readouterr().out
-    assert "another environment (torch_threads: 2 -> 8; cpu_capability: AVX512 -> AVX2)" in out
-    assert main(["check", str(with_environment(regressed, torch_threads=2, cpu_capability="AVX512")), "--against",
-                 str(baseline)]) == 1
-    assert "another environment" not in capsys.readouterr().out  # the same environment: a move is the code's
+    assert ("another environment (torch_threads: 2 -> 8; cpu_capability: AVX512 -> AVX2; mkl_branch: COMPATIBLE -> "
+            "AUTO; onednn: False -> True)") in out
+    assert main(["check", str(with_environment(regressed, torch_threads=2, cpu_capability="AVX512",
+                                               mkl_branch="COMPATIBLE", onednn=False, device_name="AMD EPYC")),
+                 "--against", str(baseline)]) == 1
+    assert "another environment" not in capsys.readouterr().out  # the same kernels on another CPU: the code's move
     older = json.loads(baseline.read_text())
     del older["environment"]  # a baseline written before the environment was recorded: nothing to compare
     baseline.write_text(json.dumps(older))

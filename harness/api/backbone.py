@@ -19,6 +19,9 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import Tensor, nn
 
 from harness.errors import CheckpointError
+from harness.numerics import pin_torch
+
+pin_torch()  # oneDNN off for every model, which is built or loaded here (harness/numerics.py)
 
 PIXEL_MEAN = OPENAI_DATASET_MEAN
 PIXEL_STD = OPENAI_DATASET_STD

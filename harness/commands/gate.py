@@ -31,7 +31,7 @@ def _check(args: argparse.Namespace) -> int:
     print(check.summary(lines))
     if changes:
         print(f"the baseline was written under another environment ({'; '.join(changes)}): what is trained or "
-              "scored on the CPU moves with the thread count and vector kernels, so a move may come from that, "
+              "scored on the CPU moves with the thread count and the CPU kernels, so a move may come from that, "
               "not from the code; compare runs made alike, or write a baseline on this machine from the "
               "unchanged code first.")
     if check.failed(lines):

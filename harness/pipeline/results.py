@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 import harness
+from harness import numerics
 from harness.errors import HarnessError
 from harness.storage.files import atomic_write
 
@@ -67,11 +68,22 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch chose (AVX2, ...)
+        **numerics.description(),  # the CPU kernels torch and MKL chose (harness/numerics.py)
         "packages": packages,
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def write_ranks(run_dir: Path, method: str, split: str, direction: str, ranks: np.ndarray, tied: np.ndarray,

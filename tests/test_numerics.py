@@ -1,0 +1,61 @@
+"""CPU numerics pinned (harness/numerics.py): the same float32 training on any x86-64 machine. The vector
+instructions a machine offers are emulated by limiting what MKL and oneDNN may use; the pinned kernels must not
+notice (the old pins, MKL's AVX2 branch and oneDNN, gave other weights under each limit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                                reason="the pins are for x86-64 CPUs")
+
+TRAIN_A_LITTLE = """
+import hashlib, json, os
+import numpy as np, torch
+import harness
+from harness.data import synthetic_backbone as sb
+from harness.api.backbone import Backbone, build_clip
+from harness.api.method import symmetric_cross_entropy
+torch.manual_seed(0)
+torch.set_num_threads(1)
+model = build_clip(sb.small_shape(), sb.CONTEXT_LENGTH, quick_gelu=True)  # a convolution, matrix products
+lstm = torch.nn.LSTM(64, 64, batch_first=True)
+towers = Backbone(model)
+optimizer = torch.optim.AdamW([*model.parameters(), *lstm.parameters()], lr=2e-3)
+rng = np.random.default_rng(0)
+for _ in range(2):
+    pixels, tokens = sb._batch(rng)
+    image = model.encode_image(pixels)
+    text = towers.encode_sentence(sb.up_to_longest(tokens))
+    image = image + lstm(image.view(16, 8, 64))[0].reshape(128, 64)
+    loss = symmetric_cross_entropy(text @ image.t())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+digest = hashlib.sha256()
+for tensor in [*model.state_dict().values(), *lstm.state_dict().values()]:
+    digest.update(tensor.numpy().tobytes())
+print(json.dumps({"weights": digest.hexdigest(), "mkl": os.environ.get("MKL_CBWR"),
+                  "capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled}))
+"""
+
+
+def train_a_little(**limits: str) -> dict:
+    environment = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY")}
+    done = subprocess.run([sys.executable, "-c", TRAIN_A_LITTLE], env={**environment, **limits},
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_pins_are_set_before_torch_loads_and_the_weights_do_not_see_the_machine_s_instructions():
+    pinned = train_a_little()
+    assert (pinned["mkl"], pinned["capability"], pinned["onednn"]) == ("COMPATIBLE", "AVX2", False)
+    for limits in ({"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+                   {"ONEDNN_MAX_CPU_ISA": "SSE41"}):
+        assert train_a_little(**limits)["weights"] == pinned["weights"], limits
