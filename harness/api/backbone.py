@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from harness.errors import CheckpointError
 from harness.numerics import pin_torch
 
-pin_torch()  # oneDNN off for every model, which is built or loaded here (harness/numerics.py)
+pin_torch()  # oneDNN and NNPACK off for every model, which is built or loaded here (harness/numerics.py)
 
 PIXEL_MEAN = OPENAI_DATASET_MEAN
 PIXEL_STD = OPENAI_DATASET_STD

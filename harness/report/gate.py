@@ -101,13 +101,13 @@ def baseline_rows(run: Run) -> list[dict]:
 def numeric_environment(results: dict) -> dict:
     """What a run's numbers depend on beyond the code and the seed: the device (a GPU by its name) and, for
     work on the CPU (the synthetic suite trains there), the torch version, its thread count and the kernels of
-    ATen, MKL and oneDNN (harness/numerics.py), which split and round float32 sums differently. Not the CPU's
+    ATen, MKL, oneDNN and NNPACK (harness/numerics.py), which split and round float32 sums differently. Not the CPU's
     model: with the kernels pinned, any x86-64 CPU computes the same numbers."""
     environment = results.get("environment", {})
     gpu = str(environment.get("device", "")).startswith("cuda")
     return {"device": environment.get("device"), **({"device_name": environment.get("device_name")} if gpu else {}),
             "torch": environment.get("packages", {}).get("torch"), "torch_threads": environment.get("torch_threads"),
-            **{name: environment.get(name) for name in ("cpu_capability", "mkl_branch", "onednn")}}
+            **{name: environment.get(name) for name in ("cpu_capability", "mkl_branch", "onednn", "nnpack")}}
 
 
 def write_baseline(run: Run, path: Path) -> Path:
