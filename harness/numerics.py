@@ -6,8 +6,8 @@ differently; after a few hundred training steps the difference reaches R@1:
 - ATen's vector kernels: pinned to the AVX2 ones (ATEN_CPU_CAPABILITY), which every x86-64 CPU of the last
   decade runs, AVX-512 ones included.
 - MKL (every matrix product): pinned to its AVX2 code branch (MKL_CBWR), which Intel documents as giving the
-  same results on every Intel CPU with AVX2. On another vendor's CPU MKL dispatches by what it finds; the
-  golden tests' bit-exact products (k-medoids ids, the staged towers) came out the same on an AMD EPYC.
+  same results on every Intel CPU with AVX2. On another vendor's CPU MKL dispatches by what it finds (the
+  golden tests' k-medoids ids came out the same on an AMD EPYC; the whole suite is not yet compared there).
   Its COMPATIBLE branch (plain SSE2), documented for every vendor, is not used: it takes 1.6 times as long to
   train, and its products round a row differently by the matrix's row count, so a video's features would
   depend on the batch it is encoded in.
