@@ -1,5 +1,6 @@
-"""Float32 on the CPU computed the same way on any x86-64 machine of AVX2 or later, so that the default suite's
-numbers, its regression baseline among them, do not depend on the machine that trains it.
+"""Float32 on the CPU computed the same way whatever the x86-64 machine's vector width (AVX2 or AVX-512) and cache
+sizes, so that the default suite's numbers, its regression baseline among them, do not depend on the machine that
+trains it (across CPU vendors, see MKL below).
 
 Three libraries choose their kernels by the CPU they find, and each choice splits and rounds float32 sums
 differently; after a few hundred training steps the difference reaches R@1:
