@@ -42,7 +42,8 @@ digest = hashlib.sha256()
 for tensor in [*model.state_dict().values(), *lstm.state_dict().values()]:
     digest.update(tensor.numpy().tobytes())
 print(json.dumps({"weights": digest.hexdigest(), "mkl": os.environ.get("MKL_CBWR"),
-                  "capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled}))
+                  "capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled,
+                  "nnpack": torch._C._get_nnpack_enabled()}))
 """
 
 
@@ -55,6 +56,6 @@ def train_a_little(**limits: str) -> dict:
 
 def test_the_pins_are_set_before_torch_loads_and_the_weights_do_not_see_the_machine_s_instructions():
     pinned = train_a_little()
-    assert (pinned["mkl"], pinned["capability"], pinned["onednn"]) == ("AVX2", "AVX2", False)
+    assert (pinned["mkl"], pinned["capability"], pinned["onednn"], pinned["nnpack"]) == ("AVX2", "AVX2", False, False)
     for limits in ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"ONEDNN_MAX_CPU_ISA": "SSE41"}):
         assert train_a_little(**limits)["weights"] == pinned["weights"], limits
