@@ -87,7 +87,9 @@ def in_workers(prepare: Callable, run_method: Callable, suite: Suite, run_dir: P
             timings[name] = round(sum(entry["seconds"].values()), 1)
             atomic_write(timings_file(suite), json.dumps(timings, indent=1, sort_keys=True) + "\n", "timing record")
             yield name, entry, rows
-        pool.close()
-    finally:
+        pool.close()  # the workers exit by themselves
+    except BaseException:
         pool.terminate()  # a stop or an error: the workers go too (their training states are on disk)
+        raise
+    finally:
         pool.join()
