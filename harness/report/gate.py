@@ -101,8 +101,8 @@ def baseline_rows(run: Run) -> list[dict]:
 def numeric_environment(results: dict) -> dict:
     """What a run's numbers depend on beyond the code and the seed: the device (a GPU by its name) and, for
     work on the CPU (the synthetic suite trains there), the torch version, its thread count and the kernels of
-    ATen, MKL, oneDNN and NNPACK (harness/numerics.py), which split and round float32 sums differently. Not the CPU's
-    model: with the kernels pinned, any x86-64 CPU computes the same numbers."""
+    ATen, MKL, oneDNN and NNPACK (harness/numerics.py), which split and round float32 sums differently. Not the
+    CPU's model: the pins are there to make it irrelevant (numerics.py says how far that is shown)."""
     environment = results.get("environment", {})
     gpu = str(environment.get("device", "")).startswith("cuda")
     return {"device": environment.get("device"), **({"device_name": environment.get("device_name")} if gpu else {}),
