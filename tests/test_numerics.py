@@ -1,4 +1,4 @@
-"""CPU numerics pinned (harness/numerics.py): the same float32 training on any x86-64 machine of AVX2 or later.
+"""CPU numerics pinned (harness/numerics.py): the same float32 training whatever the machine's vector width.
 A machine's vector instructions are emulated by limiting what MKL and oneDNN may use; the pinned kernels must not
 notice (with oneDNN on, as before the pins turned it off, its instruction limit gave other weights)."""
 
@@ -16,9 +16,10 @@ pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "am
                                 reason="the pins are for x86-64 CPUs")
 
 TRAIN_A_LITTLE = """
-import hashlib, json, os
+import hashlib, json
 import numpy as np, torch
 import harness
+from harness.numerics import description
 from harness.data import synthetic_backbone as sb
 from harness.api.backbone import Backbone, build_clip
 from harness.api.method import symmetric_cross_entropy
@@ -41,9 +42,7 @@ for _ in range(2):
 digest = hashlib.sha256()
 for tensor in [*model.state_dict().values(), *lstm.state_dict().values()]:
     digest.update(tensor.numpy().tobytes())
-print(json.dumps({"weights": digest.hexdigest(), "mkl": os.environ.get("MKL_CBWR"),
-                  "capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled,
-                  "nnpack": torch._C._get_nnpack_enabled()}))
+print(json.dumps({"weights": digest.hexdigest(), **description()}))
 """
 
 
@@ -56,6 +55,7 @@ def train_a_little(**limits: str) -> dict:
 
 def test_the_pins_are_set_before_torch_loads_and_the_weights_do_not_see_the_machine_s_instructions():
     pinned = train_a_little()
-    assert (pinned["mkl"], pinned["capability"], pinned["onednn"], pinned["nnpack"]) == ("AVX2", "AVX2", False, False)
+    assert {k: pinned[k] for k in ("mkl_branch", "cpu_capability", "onednn", "nnpack")} == \
+        {"mkl_branch": "AVX2", "cpu_capability": "AVX2", "onednn": False, "nnpack": False}
     for limits in ({"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, {"ONEDNN_MAX_CPU_ISA": "SSE41"}):
         assert train_a_little(**limits)["weights"] == pinned["weights"], limits
